@@ -1,0 +1,79 @@
+// zod schemas of the manifests the engine keeps on disk, one per VM and per template.
+// Every manifest carries `version`; an object exists when its manifest validates.
+import { z } from "zod";
+
+export const NAME_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
+export const Name = z.string().regex(NAME_RE, "lower-case letters, digits and '-', 1 to 63 characters, starting with a letter or digit");
+
+export const PortForward = z.object({
+  host: z.number().int().min(1).max(65535),
+  guest: z.number().int().min(1).max(65535),
+  proto: z.enum(["tcp", "udp"]),
+}).strict();
+
+export const MachineShape = z.object({
+  accel: z.enum(["kvm", "tcg"]),
+  machine: z.string(),
+  cpu: z.string().optional(),
+  memoryMiB: z.number().int(),
+  vcpus: z.number().int(),
+  kernel: z.string(),
+  initrd: z.string(),
+  cmdline: z.string(),
+  disk: z.boolean(),
+  nic: z.boolean(),
+}).strict();
+
+export const VmState = z.enum(["creating", "running", "stopped", "consumed"]);
+
+export const VmManifest = z.object({
+  version: z.literal(1),
+  kind: z.literal("vm"),
+  name: Name,
+  role: z.enum(["parent", "child"]),
+  createdAt: z.string(),
+  /** What the engine last made of it; `ls` reconciles with the process (a dead `running` is `crashed`). */
+  state: VmState,
+  shape: MachineShape,
+  /** Current QEMU instance: its token (in its command line) and pid. */
+  token: z.string(),
+  pid: z.number().int().optional(),
+  memoryPath: z.string(),
+  diskPath: z.string().optional(),
+  mac: z.string(),
+  hostname: z.string(),
+  forwards: z.array(PortForward),
+  /** Parents: guest commands run before the parent counted as ready. */
+  init: z.array(z.string()).optional(),
+  /** Parents: the template that consumed it (frozen source) or the last one taken of it. */
+  templates: z.array(z.string()).optional(),
+  /** Children: where they came from. */
+  template: z.object({ name: z.string(), generation: z.string() }).optional(),
+  persistent: z.boolean().optional(),
+  /** How the current instance started: a cold boot from the image, or a fork. */
+  startedBy: z.enum(["boot", "fork"]),
+  metadata: z.record(z.string(), z.string()).optional(),
+  timings: z.record(z.string(), z.number()).optional(),
+}).strict();
+export type VmManifest = z.infer<typeof VmManifest>;
+
+export const TemplateManifest = z.object({
+  version: z.literal(1),
+  kind: z.literal("template"),
+  name: Name,
+  generation: z.string(),
+  createdAt: z.string(),
+  source: z.enum(["frozen", "running"]),
+  parent: z.string(),
+  shape: MachineShape,
+  memoryPath: z.string(),
+  statePath: z.string(),
+  stateBytes: z.number().int(),
+  stateSha256: z.string(),
+  diskPath: z.string().optional(),
+  /** The parent's MAC and hostname: children get their own. */
+  parentMac: z.string(),
+  parentHostname: z.string(),
+  timings: z.record(z.string(), z.number()),
+}).strict();
+export type TemplateManifest = z.infer<typeof TemplateManifest>;

@@ -1,0 +1,135 @@
+// Pure builders of the QEMU command line. A parent, a template builder and every child
+// must get the same machine and the same devices in the same order: one function builds all.
+
+export type Accel = "kvm" | "tcg";
+
+export interface PortForward {
+  /** Host port on 127.0.0.1. */
+  host: number;
+  /** Port inside the guest. */
+  guest: number;
+  proto: "tcp" | "udp";
+}
+
+/** What is fixed when a parent boots and must stay identical in every fork of it. */
+export interface MachineShape {
+  accel: Accel;
+  /** Resolved, versioned machine type, e.g. pc-i440fx-7.2 (an alias could change under us). */
+  machine: string;
+  /** CPU model; undefined means QEMU's default for the accelerator. */
+  cpu?: string;
+  memoryMiB: number;
+  vcpus: number;
+  kernel: string;
+  initrd: string;
+  cmdline: string;
+  /** Whether the VM has a data disk (virtio-blk) and a NIC (virtio-net). */
+  disk: boolean;
+  nic: boolean;
+}
+
+/** What differs per VM instance. */
+export interface InstanceSpec {
+  /** Unique token of this QEMU process: how we recognise it in /proc. */
+  token: string;
+  /** The VM's state directory: QMP socket, console socket and log, agent FIFOs, pidfile. */
+  dir: string;
+  memory: { path: string; share: boolean };
+  diskPath?: string;
+  mac?: string;
+  forwards?: PortForward[];
+  /** Extra kernel parameters appended to the shape's cmdline (ignored on incoming forks). */
+  kernelArgs?: string[];
+  /** Start waiting for a checkpoint (`-incoming defer`). */
+  incoming?: boolean;
+  /** Keep the guest paused until `cont` (-S). */
+  paused?: boolean;
+}
+
+export const AGENT_PORT_NAME = "org.forkvm.agent";
+
+/** Paths inside a VM's directory, shared by argv, process and clients. */
+export function vmPaths(dir: string) {
+  return {
+    qmp: `${dir}/qmp.sock`,
+    console: `${dir}/console.sock`,
+    consoleLog: `${dir}/console.log`,
+    agent: `${dir}/agent`,
+    pidfile: `${dir}/qemu.pid`,
+    log: `${dir}/qemu.log`,
+  };
+}
+
+/** The process name QEMU is given; `/proc/<pid>/cmdline` carries it so a pid can be verified. */
+export function processName(token: string): string {
+  return `forkvm-${token}`;
+}
+
+function escapeOpt(value: string): string {
+  // QEMU option values escape a comma by doubling it.
+  return value.replace(/,/g, ",,");
+}
+
+export function machineArgs(shape: MachineShape, inst: InstanceSpec): string[] {
+  const mem = inst.memory;
+  const args = [
+    "-name", `${processName(inst.token)},debug-threads=off`,
+    "-nodefaults", "-no-user-config", "-display", "none",
+    "-accel", shape.accel,
+    "-machine", `${shape.machine},memory-backend=mem`,
+  ];
+  if (shape.cpu) args.push("-cpu", shape.cpu);
+  args.push(
+    "-smp", String(shape.vcpus),
+    "-m", `${shape.memoryMiB}M`,
+    "-object", `memory-backend-file,id=mem,size=${shape.memoryMiB}M,mem-path=${escapeOpt(mem.path)},share=${mem.share ? "on" : "off"}`,
+  );
+  return args;
+}
+
+export function bootArgs(shape: MachineShape, inst: InstanceSpec): string[] {
+  const cmdline = [shape.cmdline, ...(inst.incoming ? [] : inst.kernelArgs ?? [])].join(" ").trim();
+  return ["-kernel", shape.kernel, "-initrd", shape.initrd, "-append", cmdline];
+}
+
+export function controlArgs(inst: InstanceSpec): string[] {
+  const p = vmPaths(inst.dir);
+  return [
+    "-chardev", `socket,id=qmp,path=${escapeOpt(p.qmp)},server=on,wait=off`,
+    "-mon", "chardev=qmp,mode=control",
+    "-chardev", `socket,id=con,path=${escapeOpt(p.console)},server=on,wait=off,logfile=${escapeOpt(p.consoleLog)},logappend=on`,
+    "-serial", "chardev:con",
+    "-pidfile", p.pidfile,
+  ];
+}
+
+export function deviceArgs(shape: MachineShape, inst: InstanceSpec): string[] {
+  const p = vmPaths(inst.dir);
+  const args = [
+    "-device", "virtio-serial-pci,id=vser0",
+    "-chardev", `pipe,id=agent,path=${escapeOpt(p.agent)}`,
+    "-device", `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
+  ];
+  if (shape.disk) {
+    if (!inst.diskPath) throw new Error("the machine has a disk but no disk path was given");
+    args.push(
+      "-drive", `file=${escapeOpt(inst.diskPath)},if=none,id=disk0,format=qcow2,cache=writeback,discard=unmap`,
+      "-device", "virtio-blk-pci,drive=disk0,id=blk0",
+    );
+  }
+  if (shape.nic) {
+    const fwd = (inst.forwards ?? []).map((f) => `,hostfwd=${f.proto}:127.0.0.1:${f.host}-:${f.guest}`).join("");
+    args.push("-netdev", `user,id=net0${fwd}`, "-device", `virtio-net-pci,netdev=net0,id=nic0${inst.mac ? `,mac=${inst.mac}` : ""}`);
+  }
+  // A new VM generation id in every QEMU process: Linux >= 5.18 reseeds its RNG when it changes.
+  args.push("-device", "vmgenid,guid=auto");
+  return args;
+}
+
+/** The whole argv (without the binary) for one VM instance. */
+export function qemuArgv(shape: MachineShape, inst: InstanceSpec): string[] {
+  const args = [...machineArgs(shape, inst), ...bootArgs(shape, inst), ...controlArgs(inst), ...deviceArgs(shape, inst)];
+  if (inst.incoming) args.push("-incoming", "defer");
+  if (inst.paused) args.push("-S");
+  return args;
+}
