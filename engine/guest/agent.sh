@@ -1,0 +1,165 @@
+#!/bin/sh
+# forkvm guest agent: answers one-line requests on a virtio-serial port. POSIX sh, needs only
+# busybox or coreutils (base64, dd, timeout, date, ip). Usage: agent.sh /dev/vportNpM
+# Request "<id> <op> <arg>..." (free-text args base64, "-" = empty); reply "<id> ok <fields>..."
+# or "<id> err <base64 message>". The agent never exits: EOF or errors re-open the port.
+
+AGENT_VERSION=1
+port=$1
+PATH=${PATH:-/usr/sbin:/usr/bin:/sbin:/bin}
+HOME=${HOME:-/root}
+export PATH HOME
+set -f # words of a request are never pathname-expanded
+umask 077
+
+log() { echo "forkvm-agent: $*" >&2; }
+
+# A private work directory on tmpfs for stdin, stdout, stderr and the reply being composed.
+work=
+while [ -z "$work" ]; do
+  work=$(mktemp -d /tmp/forkvm-agent.XXXXXX 2>/dev/null || mktemp -d /run/forkvm-agent.XXXXXX 2>/dev/null)
+  [ -n "$work" ] || { log "cannot create a work directory"; sleep 1; }
+done
+
+is_b64() { case $1 in -) return 0 ;; '' | *[!A-Za-z0-9+/=]*) return 1 ;; esac; return 0; }
+unb64() { [ "$1" = - ] || printf '%s' "$1" | base64 -d; }
+# File contents as base64 on one line, "-" when empty.
+b64file() { if [ -s "$1" ]; then base64 -w 0 <"$1"; else printf %s -; fi; }
+b64str() { if [ -n "$1" ]; then printf %s "$1" | base64 -w 0; else printf %s -; fi; }
+
+# Sends $work/resp (one complete line) in a single write (dd: one block; the kernel may still
+# split it into 32 KiB virtio buffers, which the host reassembles).
+send() {
+  size=$(wc -c <"$work/resp")
+  size=$((size + 0))
+  [ "$size" -le 4194304 ] || size=4194304
+  dd if="$work/resp" bs="$size" 2>/dev/null >&3 || log "cannot write reply $id"
+}
+reply_ok() { printf '%s ok%s\n' "$id" "${1:+ $1}" >"$work/resp" && send; }
+reply_err() { printf '%s err %s\n' "$id" "$(b64str "$1")" >"$work/resp" && send; }
+
+# exec <timeoutSec> <b64 stdin|-> <b64 argv0> [<b64 argv>...]
+do_exec() {
+  if [ $# -lt 3 ]; then reply_err "Cannot run exec: expected <timeout> <stdin> <argv0> [args], got $# words"; return; fi
+  t=$1
+  in=$2
+  shift 2
+  case $t in '' | *[!0-9]*) reply_err "Cannot run exec: timeout '$t' is not a number of seconds"; return ;; esac
+  for a in "$in" "$@"; do
+    is_b64 "$a" || { reply_err "Cannot run exec: an argument is not base64"; return; }
+  done
+  inf=/dev/null
+  if [ "$in" != - ]; then
+    inf=$work/in
+    unb64 "$in" >"$inf" 2>/dev/null || { reply_err "Cannot decode exec stdin: invalid base64"; return; }
+  fi
+  # Decode every argument in place: rotate through the positional parameters, so the argv is
+  # passed exactly (no word splitting, no globbing, trailing newlines kept by the "." guard).
+  n=$#
+  while [ "$n" -gt 0 ]; do
+    v=$(unb64 "$1" && echo .) || { reply_err "Cannot decode exec argv: invalid base64"; return; }
+    v=${v%.}
+    shift
+    set -- "$@" "$v"
+    n=$((n - 1))
+  done
+  # `exec` in a subshell: never a shell function or builtin of the agent itself (e.g. "exit").
+  (
+    cd / || :
+    if [ "$t" -gt 0 ]; then exec timeout "$t" "$@"; else exec "$@"; fi
+  ) <"$inf" >"$work/out" 2>"$work/err" 3<&- 3>&-
+  rc=$?
+  { printf '%s ok %s ' "$id" "$rc" && b64file "$work/out" && printf ' ' && b64file "$work/err" && printf '\n'; } >"$work/resp" &&
+    send
+  rm -f "$work/in" "$work/out" "$work/err"
+}
+
+# identity <b64 hostname|-> <mac|-> <epochSeconds|-> <b64 seed|-> <machineId|->
+do_identity() {
+  if [ $# -ne 5 ]; then reply_err "Cannot set identity: expected 5 arguments, got $#"; return; fi
+  for a in "$1" "$4"; do
+    is_b64 "$a" || { reply_err "Cannot set identity: an argument is not base64"; return; }
+  done
+
+  if [ "$1" != - ]; then
+    h=$(unb64 "$1")
+    out=$(hostname "$h" 2>&1) || { reply_err "Cannot set hostname: $out"; return; }
+    if [ -e /etc/hostname ] || [ -w /etc ]; then
+      echo "$h" >/etc/hostname 2>/dev/null || { reply_err "Cannot write /etc/hostname"; return; }
+    fi
+  fi
+
+  mac=$2
+  if [ "$mac" != - ] && [ -e /sys/class/net/eth0 ]; then
+    x='[0-9a-fA-F][0-9a-fA-F]'
+    case $mac in $x:$x:$x:$x:$x:$x) ;; *) reply_err "Cannot set MAC address: '$mac' is not a MAC address"; return ;; esac
+    old=$(cat /sys/class/net/eth0/address 2>/dev/null)
+    if [ "$old" != "$(echo "$mac" | tr A-F a-f)" ]; then
+      addr=
+      gw=
+      prev=
+      for w in $(ip -4 addr show dev eth0 2>/dev/null); do
+        [ "$prev" = inet ] && [ -z "$addr" ] && addr=$w
+        prev=$w
+      done
+      prev=
+      for w in $(ip route show 2>/dev/null | grep '^default'); do
+        [ "$prev" = via ] && [ -z "$gw" ] && gw=$w
+        prev=$w
+      done
+      out=$({ ip link set eth0 down && ip link set dev eth0 address "$mac" && ip link set eth0 up; } 2>&1) ||
+        { reply_err "Cannot set MAC address: $out"; return; }
+      # Renew the lease at once (QEMU user networking answers immediately); otherwise put the
+      # old address and default route back (taking the link down dropped the route).
+      if ! { [ -x /forkvm/udhcpc.sh ] && udhcpc -i eth0 -s /forkvm/udhcpc.sh -q -n -t 2 -T 1 >/dev/null 2>&1; }; then
+        [ -n "$addr" ] && ip addr replace "$addr" dev eth0 2>/dev/null
+        [ -n "$gw" ] && ip route replace default via "$gw" dev eth0 2>/dev/null
+      fi
+    fi
+  fi
+
+  if [ "$3" != - ]; then
+    case $3 in '' | *[!0-9]*) reply_err "Cannot set clock: '$3' is not a number of seconds"; return ;; esac
+    out=$(date -s "@$3" 2>&1) || { reply_err "Cannot set clock: $out"; return; }
+  fi
+
+  if [ "$4" != - ]; then
+    unb64 "$4" >/dev/urandom 2>/dev/null || { reply_err "Cannot reseed /dev/urandom"; return; }
+  fi
+
+  if [ "$5" != - ] && [ -f /etc/machine-id ]; then
+    case $5 in *[!0-9a-f]*) reply_err "Cannot set machine id: '$5' is not lowercase hex"; return ;; esac
+    [ ${#5} -eq 32 ] || { reply_err "Cannot set machine id: '$5' is not 32 hex digits"; return; }
+    echo "$5" >/etc/machine-id 2>/dev/null || { reply_err "Cannot write /etc/machine-id"; return; }
+  fi
+  reply_ok
+}
+
+handle() {
+  # shellcheck disable=SC2086 # splitting the request into words is the point
+  set -- $1
+  id=${1:-}
+  case $id in '' | *[!A-Za-z0-9_-]*) log "ignoring a request without a valid id"; return ;; esac
+  if [ $# -lt 2 ]; then reply_err "Cannot parse request: no operation"; return; fi
+  op=$2
+  shift 2
+  case $op in
+    ping) reply_ok "pong $AGENT_VERSION" ;;
+    exec) do_exec "$@" ;;
+    identity) do_identity "$@" ;;
+    *) reply_err "Cannot run $op: unknown operation" ;;
+  esac
+}
+
+if [ -z "$port" ]; then log "usage: agent.sh /dev/vportNpM"; fi
+while :; do
+  # `command exec` so a failed open returns an error instead of ending the shell.
+  if [ -n "$port" ] && { command exec 3<>"$port"; } 2>/dev/null; then
+    echo "forkvm: agent ready" >&2
+    while IFS= read -r line <&3; do
+      handle "$line"
+    done
+    exec 3<&- 3>&-
+  fi
+  sleep 1
+done
