@@ -1,0 +1,108 @@
+// The engine's front door: one object holding the store, a logger and a progress callback,
+// with one method per operation. The CLI and the Pulumi providers use only this.
+import type { Ctx, Progress } from "./context";
+import { makeLogger, silentLogger, type Logger } from "./log";
+import { Store, defaultHome, defaultMemDir } from "./store";
+import { createParent, type ParentArgs } from "./parent";
+import { createTemplate, type TemplateArgs } from "./template";
+import { forkChildren, type ForkArgs, type ForkResult } from "./fork";
+import { childrenOf, execVm, gc, info, remove, resetVm, startVm, stopVm, type RemoveResult, type VmInfo } from "./lifecycle";
+import { memoryStats, type MemoryStats } from "./stats";
+import type { TemplateManifest } from "./manifest";
+import { ForkvmError } from "./errors";
+
+export interface EngineOptions {
+  home?: string;
+  memDir?: string;
+  log?: Logger;
+  progress?: (p: Progress) => void;
+}
+
+export interface TemplateInfo extends TemplateManifest {
+  children: string[];
+}
+
+export class Engine {
+  readonly store: Store;
+  readonly ctx: Ctx;
+
+  constructor(opts: EngineOptions = {}) {
+    const home = opts.home ?? defaultHome();
+    this.store = new Store(home, opts.memDir ?? defaultMemDir(home));
+    this.ctx = { store: this.store, log: opts.log ?? silentLogger, progress: opts.progress };
+  }
+
+  /** A copy of this engine reporting progress to `progress` (per operation). */
+  withProgress(progress: (p: Progress) => void): Engine {
+    return new Engine({ home: this.store.home, memDir: this.store.memDir, log: this.ctx.log, progress });
+  }
+
+  createParent(args: ParentArgs): Promise<VmInfo> {
+    return createParent(this.ctx, args).then(info);
+  }
+
+  createTemplate(args: TemplateArgs): Promise<TemplateInfo> {
+    return createTemplate(this.ctx, args).then((t) => ({ ...t, children: [] }));
+  }
+
+  fork(args: ForkArgs): Promise<ForkResult> {
+    return forkChildren(this.ctx, args);
+  }
+
+  listVms(): VmInfo[] {
+    return this.store.listVms().map(info);
+  }
+
+  listTemplates(): TemplateInfo[] {
+    return this.store.listTemplates().map((t) => ({ ...t, children: childrenOf(this.ctx, t.name).map((c) => c.name) }));
+  }
+
+  /** A VM or a template by name. Throws NOT_FOUND. */
+  inspect(name: string): { kind: "vm"; vm: VmInfo } | { kind: "template"; template: TemplateInfo } {
+    const vm = this.store.findVm(name);
+    if (vm) return { kind: "vm", vm: info(vm) };
+    const t = this.store.findTemplate(name);
+    if (t) return { kind: "template", template: { ...t, children: childrenOf(this.ctx, name).map((c) => c.name) } };
+    throw new ForkvmError("NOT_FOUND", `Cannot inspect ${name}: no VM or template of that name in ${this.store.home}`);
+  }
+
+  vm(name: string): VmInfo {
+    return info(this.store.getVm(name));
+  }
+
+  template(name: string): TemplateInfo {
+    return { ...this.store.getTemplate(name), children: childrenOf(this.ctx, name).map((c) => c.name) };
+  }
+
+  exec(name: string, argv: string[], opts?: { stdin?: Buffer | string; timeoutMs?: number }) {
+    return execVm(this.ctx, name, argv, opts);
+  }
+
+  stop(name: string): Promise<VmInfo> {
+    return stopVm(this.ctx, name);
+  }
+
+  start(name: string): Promise<VmInfo> {
+    return startVm(this.ctx, name);
+  }
+
+  reset(name: string): Promise<VmInfo> {
+    return resetVm(this.ctx, name);
+  }
+
+  remove(names: string[], opts?: { force?: boolean }): Promise<RemoveResult[]> {
+    return remove(this.ctx, names, opts);
+  }
+
+  gc(minAgeMs?: number): Promise<string[]> {
+    return gc(this.ctx, minAgeMs);
+  }
+
+  /** Memory figures of running VMs (all, or those named). */
+  stats(names?: string[]): MemoryStats[] {
+    const vms = names ? names.map((n) => this.store.getVm(n)) : this.store.listVms();
+    return vms.flatMap((v) => memoryStats(v) ?? []);
+  }
+}
+
+export { makeLogger };

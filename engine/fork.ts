@@ -1,0 +1,176 @@
+// Children from a template: memory MAP_PRIVATE on the template's memory file (copy-on-write),
+// a qcow2 delta disk each, device state from the checkpoint, then a new identity in this order:
+// load → cont → hostname, MAC, clock, RNG reseed, machine-id (vmgenid also reseeds the kernel).
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { createHash, randomBytes } from "node:crypto";
+import { z } from "zod";
+import { ForkvmError, messageOf } from "./errors";
+import type { Ctx } from "./context";
+import { Name, type TemplateManifest, type VmManifest } from "./manifest";
+import { createDisk, isAlive, killQemu } from "./qemu/process";
+import { parseArgs } from "./validate";
+import { ForwardSpec, resolveForwards } from "./parent";
+import { Undo } from "./undo";
+import { agentFor, hostnameFor, MAC_PREFIX_RE, newToken, qemuFailure, randomMac, startInstance, waitStatus } from "./vm";
+
+export const ForkArgs = z.object({
+  template: Name,
+  count: z.number().int().min(1).max(10_000).default(1),
+  /** Children are named <prefix>-<n> with the lowest free n; default: the template's name. */
+  prefix: Name.optional(),
+  /** Exact names instead of prefix-numbering (count is then names.length). */
+  names: z.array(Name).optional(),
+  persistent: z.boolean().default(false),
+  macPrefix: z.string().regex(MAC_PREFIX_RE, "1 to 5 hex octets separated by ':', e.g. 52:54:00").optional(),
+  forwards: z.array(ForwardSpec).default([]),
+  /** How many children are forked at once. */
+  concurrency: z.number().int().min(1).max(256).default(4),
+  metadata: z.record(z.string(), z.string()).optional(),
+  readyTimeoutS: z.number().int().min(1).max(3600).default(60),
+}).strict();
+export type ForkArgs = z.input<typeof ForkArgs>;
+
+export interface ForkResult {
+  children: VmManifest[];
+  failed: Array<{ name: string; error: ForkvmError }>;
+}
+
+/** Reads the template and checks its files are whole (memory size, checkpoint checksum). */
+export function checkTemplate(t: TemplateManifest): void {
+  const mem = fs.statSync(t.memoryPath, { throwIfNoEntry: false });
+  if (!mem || mem.size < t.shape.memoryMiB * 1048576) {
+    throw new ForkvmError("STATE", `Cannot fork template ${t.name}: memory image ${t.memoryPath} is ${mem ? "truncated" : "missing"}`);
+  }
+  const state = fs.readFileSync(t.statePath);
+  if (createHash("sha256").update(state).digest("hex") !== t.stateSha256) {
+    throw new ForkvmError("STATE", `Cannot fork template ${t.name}: checkpoint ${t.statePath} does not match its checksum`);
+  }
+  if (t.diskPath && !fs.existsSync(t.diskPath)) throw new ForkvmError("STATE", `Cannot fork template ${t.name}: base disk ${t.diskPath} is missing`);
+}
+
+/** Where a child's delta disk lives: its directory (persistent) or tmpfs (discarded on stop). */
+export function childDiskPath(ctx: Ctx, name: string, persistent: boolean): string {
+  return persistent ? path.join(ctx.store.dir("vms", name), "disk.qcow2") : path.join(ctx.store.memDir, `vms-${name}.qcow2`);
+}
+
+/**
+ * Forks `count` children. Each child that fails is cleaned up and reported in `failed`;
+ * the others keep running. Throws INVALID_ARGUMENT, NOT_FOUND or STATE before any fork starts.
+ */
+export async function forkChildren(ctx: Ctx, input: ForkArgs): Promise<ForkResult> {
+  const args = parseArgs(ForkArgs, input, "fork");
+  const { store } = ctx;
+  const t = store.getTemplate(args.template);
+  checkTemplate(t);
+  const total = args.names?.length ?? args.count;
+  // Reserve names and write `creating` manifests under the template's lock, so that a
+  // concurrent `rm template` sees these children.
+  const planned = await store.withLock("templates", t.name, async () => {
+    const names: string[] = [];
+    if (args.names) {
+      for (const n of args.names) { store.reserve("vms", n); names.push(n); }
+    } else {
+      const prefix = args.prefix ?? t.name;
+      for (let i = 1; names.length < total; i++) {
+        const n = `${prefix}-${i}`;
+        if (store.exists("vms", n)) continue;
+        store.reserve("vms", n);
+        names.push(n);
+      }
+    }
+    const vms: VmManifest[] = [];
+    for (const name of names) {
+      const vm: VmManifest = {
+        version: 1, kind: "vm", name, role: "child", createdAt: new Date().toISOString(), state: "creating",
+        shape: t.shape, token: newToken(), memoryPath: t.memoryPath,
+        diskPath: t.diskPath ? childDiskPath(ctx, name, args.persistent) : undefined,
+        mac: randomMac(args.macPrefix), hostname: hostnameFor(name), forwards: await resolveForwards(args.forwards),
+        template: { name: t.name, generation: t.generation }, persistent: args.persistent, startedBy: "fork",
+        metadata: args.metadata, timings: {},
+      };
+      store.writeVm(vm);
+      vms.push(vm);
+    }
+    return vms;
+  });
+
+  const result: ForkResult = { children: [], failed: [] };
+  let next = 0;
+  const worker = async () => {
+    while (next < planned.length) {
+      const vm = planned[next++];
+      const undo = new Undo(ctx.log);
+      undo.push("remove VM", () => store.remove("vms", vm.name));
+      try {
+        await forkInto(ctx, t, vm, args.readyTimeoutS * 1000, undo);
+        vm.state = "running";
+        store.writeVm(vm);
+        undo.commit();
+        result.children.push(vm);
+      } catch (err) {
+        await undo.run();
+        const error = err instanceof ForkvmError ? err : new ForkvmError("QEMU", `Cannot fork ${vm.name}: ${messageOf(err)}`, { cause: err });
+        result.failed.push({ name: vm.name, error });
+        ctx.log.log("error", error.message, { vm: vm.name });
+      }
+      ctx.progress?.({ step: "fork", message: vm.name, done: result.children.length + result.failed.length, total: planned.length });
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(args.concurrency, planned.length) }, worker));
+  result.children.sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }));
+  return result;
+}
+
+/**
+ * Starts one forked instance of `t` for `vm` (new or existing: reset and start use it too):
+ * a fresh delta disk, QEMU waiting for the checkpoint, load, cont, identity.
+ * Updates vm.pid, vm.token, vm.timings and the manifest.
+ */
+export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, readyDeadlineMs: number, undo: Undo): Promise<void> {
+  const dir = ctx.store.dir("vms", vm.name);
+  const t0 = process.hrtime.bigint();
+  const ms = () => Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100;
+  if (vm.diskPath) {
+    fs.rmSync(vm.diskPath, { force: true });
+    await createDisk(vm.diskPath, { backing: t.diskPath });
+    const disk = vm.diskPath;
+    if (!vm.persistent) undo.push("remove delta disk", () => fs.rmSync(disk, { force: true }));
+  }
+  const diskMs = ms();
+  vm.token = newToken();
+  vm.memoryPath = t.memoryPath;
+  vm.shape = t.shape;
+  vm.template = { name: t.name, generation: t.generation };
+  vm.startedBy = "fork";
+  const token = vm.token;
+  const { pid, qmp } = await startInstance(t.shape, {
+    token, dir, memory: { path: t.memoryPath, share: false }, diskPath: vm.diskPath, mac: vm.mac, forwards: vm.forwards, incoming: true,
+  });
+  undo.push("kill QEMU", () => killQemu(pid, token, 500));
+  vm.pid = pid;
+  ctx.store.writeVm(vm);
+  const spawnMs = ms();
+  try {
+    await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: true }] });
+    await qmp.execute("migrate-incoming", { uri: `exec:cat '${t.statePath.replace(/'/g, "'\\''")}'` });
+    await waitStatus(qmp, ["paused", "running"], 30_000, () => isAlive(pid, token), `load the checkpoint into ${vm.name}`);
+    await qmp.execute("cont");
+  } catch (err) {
+    throw qemuFailure(dir, `fork ${vm.name} from template ${t.name}`, err);
+  } finally {
+    qmp.close();
+  }
+  const runningMs = ms();
+  const agent = agentFor(dir);
+  try {
+    await agent.identity({
+      hostname: vm.hostname, mac: vm.mac, epochSeconds: Date.now() / 1000, seed: randomBytes(64), machineId: randomBytes(16).toString("hex"),
+    }, readyDeadlineMs);
+  } catch (err) {
+    throw new ForkvmError(err instanceof ForkvmError ? err.code : "AGENT", `Cannot give ${vm.name} its identity: ${messageOf(err)}`, { cause: err });
+  } finally {
+    agent.close();
+  }
+  vm.timings = { diskMs, spawnMs, runningMs, readyMs: ms() };
+}

@@ -1,0 +1,221 @@
+// A VM's life after creation: status reconciled with its process, stop/start/reset, exec,
+// removal (idempotent; a template with children is kept unless forced) and garbage collection.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { ForkvmError, messageOf } from "./errors";
+import type { Ctx } from "./context";
+import type { TemplateManifest, VmManifest } from "./manifest";
+import { isAlive, killQemu } from "./qemu/process";
+import { Qmp } from "./qemu/qmp";
+import { vmPaths } from "./qemu/argv";
+import { bootVm } from "./parent";
+import { checkTemplate, forkInto } from "./fork";
+import { Undo } from "./undo";
+import { agentFor, requireAlive } from "./vm";
+
+export type VmStatus = "creating" | "running" | "stopped" | "crashed" | "consumed";
+
+export interface VmInfo extends VmManifest {
+  /** The manifest's state reconciled with the process: a dead `running` VM is `crashed`. */
+  status: VmStatus;
+}
+
+export function statusOf(vm: VmManifest): VmStatus {
+  if (vm.state === "running" || vm.state === "creating") return isAlive(vm.pid, vm.token) ? vm.state : vm.state === "running" ? "crashed" : "creating";
+  return vm.state;
+}
+
+export function info(vm: VmManifest): VmInfo {
+  return { ...vm, status: statusOf(vm) };
+}
+
+/** Children of a template, whatever their state. */
+export function childrenOf(ctx: Ctx, template: string): VmManifest[] {
+  return ctx.store.listVms().filter((v) => v.template?.name === template);
+}
+
+/**
+ * Stops a VM. Persistent children and parents keep their disk (start cold-boots from it);
+ * a non-persistent child loses its delta disk (start forks it afresh). Safe to repeat.
+ */
+export async function stopVm(ctx: Ctx, name: string): Promise<VmInfo> {
+  const { store } = ctx;
+  return store.withLock("vms", name, async () => {
+    const vm = store.getVm(name);
+    if (vm.state === "consumed") throw new ForkvmError("CONFLICT", `Cannot stop VM ${name}: it was consumed by template ${vm.templates?.at(-1)}`);
+    const dir = store.dir("vms", name);
+    const keepsDisk = vm.role === "parent" || vm.persistent === true;
+    if (isAlive(vm.pid, vm.token) && keepsDisk) {
+      const agent = agentFor(dir);
+      await agent.exec(["sync"], { timeoutMs: 10_000 }).catch((err) => ctx.log.log("warn", `sync before stop failed: ${messageOf(err)}`, { vm: name }));
+      agent.close();
+      const qmp = await Qmp.connect(vmPaths(dir).qmp, 2000, () => isAlive(vm.pid, vm.token)).catch(() => undefined);
+      // Flush QEMU's own caches of the disk before it goes.
+      await qmp?.execute("quit", undefined, 2000).catch(() => undefined);
+      qmp?.close();
+    }
+    await killQemu(vm.pid, vm.token, 3000);
+    if (!keepsDisk && vm.diskPath) fs.rmSync(vm.diskPath, { force: true });
+    const stopped: VmManifest = { ...vm, state: "stopped", pid: undefined };
+    store.writeVm(stopped);
+    return info(stopped);
+  });
+}
+
+/**
+ * Starts a stopped (or crashed) VM: parents and persistent children cold-boot from their own
+ * disk; non-persistent children are forked afresh from their template. Throws CONFLICT when it
+ * runs already, NOT_FOUND when a non-persistent child's template is gone.
+ */
+export async function startVm(ctx: Ctx, name: string, deadlineMs = 300_000): Promise<VmInfo> {
+  const { store } = ctx;
+  return store.withLock("vms", name, async () => {
+    const vm = store.getVm(name);
+    const status = statusOf(vm);
+    if (status === "running") throw new ForkvmError("CONFLICT", `Cannot start VM ${name}: it is running`);
+    if (status === "consumed") throw new ForkvmError("CONFLICT", `Cannot start VM ${name}: it was consumed by template ${vm.templates?.at(-1)}`);
+    const undo = new Undo(ctx.log);
+    try {
+      if (vm.role === "child" && !vm.persistent) {
+        const t = store.getTemplate(vm.template!.name);
+        checkTemplate(t);
+        await forkInto(ctx, t, vm, deadlineMs, undo);
+      } else {
+        await bootVm(ctx, vm, [`forkvm.hostname=${vm.hostname}`], deadlineMs, undo);
+      }
+    } catch (err) {
+      await undo.run();
+      store.writeVm({ ...vm, state: "stopped", pid: undefined });
+      throw err;
+    }
+    vm.state = "running";
+    store.writeVm(vm);
+    return info(vm);
+  });
+}
+
+/**
+ * Returns a non-persistent child to the template's state, in place: same name, MAC and
+ * hostname, a fresh delta disk and memory. Throws CONFLICT for parents and persistent children.
+ */
+export async function resetVm(ctx: Ctx, name: string, deadlineMs = 60_000): Promise<VmInfo> {
+  const { store } = ctx;
+  return store.withLock("vms", name, async () => {
+    const vm = store.getVm(name);
+    if (vm.role !== "child" || vm.persistent) {
+      throw new ForkvmError("CONFLICT", `Cannot reset VM ${name}: only non-persistent children reset to their template (this is a ${vm.role === "child" ? "persistent child: stop/start keeps its disk" : "parent"})`);
+    }
+    const t = store.getTemplate(vm.template!.name);
+    checkTemplate(t);
+    await killQemu(vm.pid, vm.token, 500);
+    const undo = new Undo(ctx.log);
+    try {
+      await forkInto(ctx, t, vm, deadlineMs, undo);
+    } catch (err) {
+      await undo.run();
+      store.writeVm({ ...vm, state: "stopped", pid: undefined });
+      throw err;
+    }
+    vm.state = "running";
+    store.writeVm(vm);
+    return info(vm);
+  });
+}
+
+/** Runs argv in the guest (verbatim, no shell). Throws NOT_FOUND, CONFLICT, AGENT or TIMEOUT. */
+export async function execVm(ctx: Ctx, name: string, argv: string[], opts: { stdin?: Buffer | string; timeoutMs?: number } = {}) {
+  const vm = ctx.store.getVm(name);
+  requireAlive(vm);
+  const agent = agentFor(ctx.store.dir("vms", name));
+  try {
+    return await agent.exec(argv, opts);
+  } finally {
+    agent.close();
+  }
+}
+
+export interface RemoveResult {
+  name: string;
+  kind: "vm" | "template" | "absent";
+  removed: string[];
+}
+
+function removeVmNow(ctx: Ctx, vm: VmManifest): Promise<void> {
+  return (async () => {
+    await killQemu(vm.pid, vm.token, 1000);
+    if (vm.diskPath?.startsWith(ctx.store.memDir)) fs.rmSync(vm.diskPath, { force: true });
+    ctx.store.remove("vms", vm.name);
+  })();
+}
+
+/**
+ * Removes VMs and templates by name; a name that is not there is reported as `absent` (so it is
+ * safe to repeat). A template that still has children throws HAS_CHILDREN naming them, unless
+ * `force`, which removes the children first.
+ */
+export async function remove(ctx: Ctx, names: string[], opts: { force?: boolean } = {}): Promise<RemoveResult[]> {
+  const { store } = ctx;
+  const out: RemoveResult[] = [];
+  for (const name of names) {
+    if (store.exists("templates", name)) {
+      out.push(await store.withLock("templates", name, async () => {
+        const kids = childrenOf(ctx, name);
+        if (kids.length && !opts.force) {
+          throw new ForkvmError("HAS_CHILDREN", `Cannot remove template ${name}: it has ${kids.length} children (${kids.slice(0, 10).map((k) => k.name).join(", ")}${kids.length > 10 ? ", …" : ""}); remove them first or use --force`, { details: { children: kids.map((k) => k.name) } });
+        }
+        for (const k of kids) await store.withLock("vms", k.name, () => removeVmNow(ctx, k));
+        const t = (() => { try { return store.findTemplate(name); } catch { return undefined; } })();
+        if (t) fs.rmSync(t.memoryPath, { force: true });
+        store.remove("templates", name);
+        return { name, kind: "template" as const, removed: [...kids.map((k) => k.name), name] };
+      }));
+    } else if (store.exists("vms", name)) {
+      out.push(await store.withLock("vms", name, async () => {
+        const vm = (() => { try { return store.findVm(name); } catch { return undefined; } })();
+        if (vm) await removeVmNow(ctx, vm);
+        else store.remove("vms", name);
+        return { name, kind: "vm" as const, removed: [name] };
+      }));
+    } else {
+      out.push({ name, kind: "absent", removed: [] });
+    }
+  }
+  return out;
+}
+
+/**
+ * Removes what no manifest accounts for: directories whose manifest never got written (a create
+ * that crashed), `creating` VMs whose process is gone, memory files and delta disks nobody
+ * refers to. Only objects older than `minAgeMs` are touched, so creates in flight are safe.
+ */
+export async function gc(ctx: Ctx, minAgeMs = 60_000): Promise<string[]> {
+  const { store } = ctx;
+  const removed: string[] = [];
+  const old = (p: string) => { try { return Date.now() - fs.statSync(p).mtimeMs > minAgeMs; } catch { return false; } };
+  for (const kind of ["vms", "templates"] as const) {
+    for (const name of store.names(kind)) {
+      const dir = store.dir(kind, name);
+      let valid: VmManifest | TemplateManifest | undefined;
+      try { valid = kind === "vms" ? store.findVm(name) : store.findTemplate(name); } catch { valid = undefined; }
+      const abandoned = !valid || (valid.kind === "vm" && valid.state === "creating" && !isAlive(valid.pid, valid.token));
+      if (abandoned && old(dir) && !fs.existsSync(`${dir}.lock`)) {
+        if (valid?.kind === "vm") await killQemu(valid.pid, valid.token, 500);
+        store.remove(kind, name);
+        removed.push(`${kind}/${name}`);
+      }
+    }
+  }
+  const referenced = new Set<string>();
+  for (const v of store.listVms()) { referenced.add(v.memoryPath); if (v.diskPath) referenced.add(v.diskPath); }
+  for (const t of store.listTemplates()) referenced.add(t.memoryPath);
+  let files: string[] = [];
+  try { files = fs.readdirSync(store.memDir); } catch { /* no memdir yet */ }
+  for (const f of files) {
+    const p = path.join(store.memDir, f);
+    if (!referenced.has(p) && old(p)) {
+      fs.rmSync(p, { force: true });
+      removed.push(p);
+    }
+  }
+  return removed;
+}
