@@ -100,6 +100,8 @@ export function controlArgs(inst: InstanceSpec): string[] {
     "-chardev", `socket,id=con,path=${escapeOpt(p.console)},server=on,wait=off,logfile=${escapeOpt(p.consoleLog)},logappend=on`,
     "-serial", "chardev:con",
     "-pidfile", p.pidfile,
+    // A guest reboot or panic ends the process: a forked child must never silently cold-boot.
+    "-no-reboot",
   ];
 }
 

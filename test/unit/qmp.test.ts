@@ -47,7 +47,7 @@ test("executes commands one at a time and returns their values", deadline(5000, 
 test("a QMP error becomes a ForkvmError naming the command", deadline(5000, async () => {
   const m = await fakeMonitor((_c, send) => send({ error: { class: "GenericError", desc: "no such device" } }));
   const q = await Qmp.connect(m.path, 2000);
-  const err = await q.execute("blockdev-snapshot-sync", { device: "x" }).catch((e) => e);
+  const err: any = await q.execute("blockdev-snapshot-sync", { device: "x" }).catch((e: any) => e);
   assert.instance(err, ForkvmError);
   assert.is(err.code, "QMP");
   assert.match(err.message, /Cannot run blockdev-snapshot-sync: no such device/);
@@ -71,7 +71,7 @@ test("events are kept with QEMU's timestamps and can be awaited", deadline(5000,
 test("a command without a reply fails at its deadline", deadline(5000, async () => {
   const m = await fakeMonitor(() => {});
   const q = await Qmp.connect(m.path, 2000);
-  const err = await q.execute("query-status", undefined, 100).catch((e) => e);
+  const err: any = await q.execute("query-status", undefined, 100).catch((e: any) => e);
   assert.is(err.code, "TIMEOUT");
   q.close(); m.close();
 }));
@@ -81,13 +81,13 @@ test("a monitor that goes away fails the command in flight", deadline(5000, asyn
   const m = await fakeMonitor(() => conn?.());
   const q = await Qmp.connect(m.path, 2000);
   conn = () => (q as any).sock.destroy();
-  const err = await q.execute("query-status").catch((e) => e);
+  const err: any = await q.execute("query-status").catch((e: any) => e);
   assert.is(err.code, "QMP");
   m.close();
 }));
 
 test("connecting to a socket that never appears fails when QEMU is gone", deadline(5000, async () => {
-  const err = await Qmp.connect("/nonexistent/qmp.sock", 5000, () => false).catch((e) => e);
+  const err: any = await Qmp.connect("/nonexistent/qmp.sock", 5000, () => false).catch((e: any) => e);
   assert.is(err.code, "QEMU");
 }));
 

@@ -1,0 +1,180 @@
+// The fork engine on real QEMU (TCG here): one parent per suite, frozen into templates, forked.
+// Every VM this suite starts is removed in `after`, even when a test fails.
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { createHash } from "node:crypto";
+import { spawn } from "node:child_process";
+import { Engine } from "../../engine/engine";
+import { buildDefaultImage } from "../../engine/image";
+import { ForkvmError } from "../../engine/errors";
+import { isAlive } from "../../engine/qemu/process";
+import { deadline } from "../helpers/deadline";
+
+const engine = new Engine();
+const root = path.join(__dirname, "..", "..");
+const test = suite("fork engine");
+const sh = async (vm: string, cmd: string) => {
+  const r = await engine.exec(vm, ["sh", "-c", cmd], { timeoutMs: 30_000 });
+  assert.is(r.exitCode, 0, `${vm}: ${cmd}: ${r.stderr}`);
+  return r.stdout.toString().trim();
+};
+const sha = (f: string) => createHash("sha256").update(fs.readFileSync(f)).digest("hex");
+let warm = "";
+
+test.before(deadline(600_000, async () => {
+  await buildDefaultImage({});
+  const p = await engine.createParent({
+    name: "p", memoryMiB: 256, accel: "tcg",
+    init: ["head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /tmp/warm", "echo base > /data/base.txt && sync"],
+  });
+  assert.is(p.status, "running");
+  warm = await sh("p", "cat /tmp/warm");
+  assert.match(warm, /^[0-9a-f]{16}$/);
+}));
+
+test.after(async () => {
+  const names = [...engine.listTemplates().map((t) => t.name), ...engine.listVms().map((v) => v.name)];
+  await engine.remove(names, { force: true }).catch((e) => console.error("cleanup:", e));
+});
+
+test("a running-mode template pauses the parent briefly; the parent runs on and its later writes stay out", deadline(120_000, async () => {
+  const t = await engine.createTemplate({ name: "t-live", parent: "p", source: "running" });
+  assert.ok(t.timings.downtimeMs !== undefined && t.timings.downtimeMs < 1000, `downtime ${t.timings.downtimeMs} ms`);
+  console.log(`  running-mode source downtime ${t.timings.downtimeMs} ms (QEMU: ${t.timings.qemuDowntimeMs} ms), capture ${t.timings.captureMs} ms, build ${t.timings.buildMs} ms`);
+  await sh("p", "echo after > /tmp/after && echo after > /data/after.txt && sync");
+  const r = await engine.fork({ template: "t-live", names: ["live-1"] });
+  assert.is(r.failed.length, 0, r.failed.map((f) => f.error.message).join("; "));
+  assert.is(await sh("live-1", "cat /tmp/warm"), warm);
+  assert.is(await sh("live-1", "test -e /tmp/after && echo yes || echo no"), "no");
+  assert.is(await sh("live-1", "test -e /data/after.txt && echo yes || echo no"), "no");
+  assert.is(await sh("live-1", "cat /data/base.txt"), "base");
+}));
+
+test("a frozen template consumes the parent; its files are read-only", deadline(60_000, async () => {
+  const t = await engine.createTemplate({ name: "t", parent: "p", source: "frozen" });
+  console.log(`  frozen template: freeze ${t.timings.freezeMs} ms, checkpoint ${(t.stateBytes / 1048576).toFixed(2)} MiB`);
+  assert.is(engine.vm("p").status, "consumed");
+  assert.is(fs.statSync(t.memoryPath).mode & 0o222, 0);
+  assert.is(fs.statSync(t.diskPath!).mode & 0o222, 0);
+}));
+
+test("every child reads the value written into the parent's RAM before freezing", deadline(120_000, async () => {
+  const r = await engine.fork({ template: "t", count: 3, prefix: "c", concurrency: 3 });
+  assert.is(r.failed.length, 0, r.failed.map((f) => f.error.message).join("; "));
+  assert.equal(r.children.map((c) => c.name), ["c-1", "c-2", "c-3"]);
+  for (const c of r.children) assert.is(await sh(c.name, "cat /tmp/warm"), warm);
+}));
+
+test("children have distinct MACs (inside the guest and in QEMU), hostnames and random bytes", deadline(60_000, async () => {
+  const names = ["c-1", "c-2", "c-3"];
+  const macs = await Promise.all(names.map((n) => sh(n, "cat /sys/class/net/eth0/address")));
+  assert.equal(macs, names.map((n) => engine.vm(n).mac));
+  assert.is(new Set(macs).size, 3);
+  const hosts = await Promise.all(names.map((n) => sh(n, "hostname")));
+  assert.equal(hosts, names);
+  const rnd = await Promise.all(names.map((n) => sh(n, "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'")));
+  assert.is(new Set(rnd).size, 3);
+  const ids = await Promise.all(names.map((n) => sh(n, "cat /etc/machine-id")));
+  assert.is(new Set(ids).size, 3);
+  const skew = await Promise.all(names.map((n) => sh(n, "date +%s")));
+  for (const s of skew) assert.ok(Math.abs(Number(s) - Date.now() / 1000) < 30, `guest clock ${s}`);
+}));
+
+test("one child's disk writes are invisible to its siblings and to the template", deadline(60_000, async () => {
+  const base = sha(engine.template("t").diskPath!);
+  await sh("c-1", "echo mine > /data/x.txt && sync");
+  assert.is(await sh("c-1", "cat /data/x.txt"), "mine");
+  assert.is(await sh("c-2", "test -e /data/x.txt && echo yes || echo no"), "no");
+  assert.is(await sh("c-2", "cat /data/base.txt"), "base");
+  assert.is(sha(engine.template("t").diskPath!), base);
+}));
+
+test("reset brings a non-persistent child back to the template state, keeping its identity", deadline(60_000, async () => {
+  await sh("c-1", "echo dirty > /tmp/dirty");
+  const before = engine.vm("c-1");
+  const after = await engine.reset("c-1");
+  assert.is(after.status, "running");
+  assert.is.not(after.pid, before.pid);
+  assert.is(await sh("c-1", "test -e /tmp/dirty && echo yes || echo no"), "no");
+  assert.is(await sh("c-1", "test -e /data/x.txt && echo yes || echo no"), "no");
+  assert.is(await sh("c-1", "cat /tmp/warm"), warm);
+  assert.is(await sh("c-1", "cat /sys/class/net/eth0/address"), before.mac);
+  assert.is(await sh("c-1", "hostname"), "c-1");
+}));
+
+test("a persistent child keeps its disk across stop and start (a cold boot from its own disk)", deadline(300_000, async () => {
+  const r = await engine.fork({ template: "t", names: ["keep"], persistent: true });
+  assert.is(r.failed.length, 0);
+  await sh("keep", "echo kept > /data/keep.txt && sync");
+  assert.is((await engine.stop("keep")).status, "stopped");
+  const started = await engine.start("keep");
+  assert.is(started.status, "running");
+  assert.is(await sh("keep", "cat /data/keep.txt"), "kept");
+  assert.is(await sh("keep", "cat /data/base.txt"), "base");
+  assert.is(await sh("keep", "hostname"), "keep");
+  assert.is(await sh("keep", "cat /sys/class/net/eth0/address"), engine.vm("keep").mac);
+}));
+
+test("a forked VM survives SIGKILL of the creating process group", deadline(120_000, async () => {
+  const script = `require("ts-node/register/transpile-only"); const { Engine } = require("./engine/engine");
+    new Engine().fork({ template: "t", names: ["orphan"] }).then((r) => { console.log(r.failed.length ? "failed " + r.failed[0].error.message : "ready"); setInterval(() => {}, 1000); });`;
+  const child = spawn(process.execPath, ["-e", script], { cwd: root, detached: true, stdio: ["ignore", "pipe", "inherit"], env: process.env });
+  const line = await new Promise<string>((resolve) => child.stdout.once("data", (d) => resolve(String(d).trim())));
+  assert.is(line, "ready");
+  process.kill(-child.pid!, "SIGKILL");
+  await new Promise((r) => child.once("close", r));
+  assert.is(engine.vm("orphan").status, "running");
+  assert.is(await sh("orphan", "hostname"), "orphan");
+}));
+
+test("children share memory: the sum of their PSS is well below the sum of their RSS", deadline(120_000, async () => {
+  const r = await engine.fork({ template: "t", count: 5, prefix: "m", concurrency: 4 });
+  assert.is(r.failed.length, 0);
+  const s = engine.stats(r.children.map((c) => c.name));
+  const rss = s.reduce((a, x) => a + x.rssMiB, 0);
+  const pss = s.reduce((a, x) => a + x.pssMiB, 0);
+  const shared = s.reduce((a, x) => a + x.sharedWithTemplateMiB, 0);
+  console.log(`  5 children: RSS ${rss.toFixed(0)} MiB, PSS ${pss.toFixed(0)} MiB, shared with template ${shared.toFixed(0)} MiB`);
+  assert.ok(pss < rss * 0.7, `PSS ${pss} vs RSS ${rss}`);
+  assert.ok(s.every((x) => x.sharedWithTemplateMiB > 1));
+}));
+
+test("a child whose QEMU died shows as crashed, not running", deadline(30_000, async () => {
+  const vm = engine.vm("m-5");
+  process.kill(vm.pid!, "SIGKILL");
+  for (let i = 0; i < 100 && isAlive(vm.pid, vm.token); i++) await new Promise((r) => setTimeout(r, 20));
+  assert.is(engine.vm("m-5").status, "crashed");
+  const err: any = await engine.exec("m-5", ["true"]).catch((e: any) => e);
+  assert.is(err.code, "CONFLICT");
+}));
+
+test("a template with children is not removed unless forced; rm is idempotent", deadline(60_000, async () => {
+  const err: any = await engine.remove(["t"]).catch((e: any) => e);
+  assert.instance(err, ForkvmError);
+  assert.is(err.code, "HAS_CHILDREN");
+  assert.match(err.message, /c-1/);
+  assert.is((await engine.remove(["m-5"]))[0].kind, "vm");
+  assert.is((await engine.remove(["m-5"]))[0].kind, "absent");
+}));
+
+test("bad input names the field", deadline(30_000, async () => {
+  const cases: Array<[() => Promise<unknown>, string]> = [
+    [() => engine.createParent({ name: "bad", memoryMiB: 16 } as any), "memoryMiB"],
+    [() => engine.createParent({ name: "bad", memoryMiB: 64, accel: "tcg" }), "memoryMiB"],
+    [() => engine.createParent({ name: "bad", colour: "red" } as any), "(input)"],
+    [() => engine.fork({ template: "t", count: -1 }), "count"],
+    [() => engine.fork({ template: "t", count: 1, macPrefix: "zz" }), "macPrefix"],
+    [() => engine.createTemplate({ name: "x", parent: "p", source: "warm" as any }), "source"],
+  ];
+  for (const [fn, field] of cases) {
+    const e: any = await fn().catch((x: any) => x);
+    assert.instance(e, ForkvmError);
+    assert.is(e.code, "INVALID_ARGUMENT", e.message);
+    assert.is(e.details.field, field, e.message);
+  }
+  assert.not.ok(engine.store.exists("vms", "bad"));
+}));
+
+test.run();
