@@ -163,7 +163,7 @@ test("bad input names the field", deadline(30_000, async () => {
   const cases: Array<[() => Promise<unknown>, string]> = [
     [() => engine.createParent({ name: "bad", memoryMiB: 16 } as any), "memoryMiB"],
     [() => engine.createParent({ name: "bad", memoryMiB: 64, accel: "tcg" }), "memoryMiB"],
-    [() => engine.createParent({ name: "bad", colour: "red" } as any), "(input)"],
+    [() => engine.createParent({ name: "bad", colour: "red" } as any), "colour"],
     [() => engine.fork({ template: "t", count: -1 }), "count"],
     [() => engine.fork({ template: "t", count: 1, macPrefix: "zz" }), "macPrefix"],
     [() => engine.createTemplate({ name: "x", parent: "p", source: "warm" as any }), "source"],
