@@ -159,6 +159,54 @@ test("a template with children is not removed unless forced; rm is idempotent", 
   assert.is((await engine.remove(["m-5"]))[0].kind, "absent");
 }));
 
+const cli = (args: string[], input?: string) =>
+  new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+    const c = spawn(path.join(root, "bin", "forkvm"), args, { cwd: root, env: process.env, stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "", stderr = "";
+    c.stdout.on("data", (d) => (stdout += d));
+    c.stderr.on("data", (d) => (stderr += d));
+    c.stdin.end(input ?? "");
+    c.on("close", (code) => resolve({ code, stdout, stderr }));
+  });
+
+test("forkvm exec passes argv verbatim and gives back stdout, stderr and the exit code", deadline(60_000, async () => {
+  const r = await cli(["exec", "c-2", "--", "sh", "-c", 'printf "%s|" "$@"; echo err >&2; exit 7', "x", "a b", "$HOME", "*", "'q'"]);
+  assert.is(r.code, 7);
+  assert.is(r.stdout, "a b|$HOME|*|'q'|");
+  assert.is(r.stderr, "err\n");
+  const piped = await cli(["exec", "--stdin", "c-2", "--", "wc", "-c"], "hello");
+  assert.is(piped.stdout.trim(), "5");
+  const missing = await cli(["exec", "c-2", "--", "no-such-command"]);
+  assert.is(missing.code, 127);
+}));
+
+test("forkvm ls --json lists the fleet; errors give exit codes and name what failed", deadline(60_000, async () => {
+  const ls = JSON.parse((await cli(["--json", "ls"])).stdout);
+  assert.ok(ls.vms.some((v: any) => v.name === "c-2" && v.status === "running" && v.template.name === "t"));
+  assert.ok(ls.templates.some((t: any) => t.name === "t" && t.children.includes("c-2")));
+  const bad = await cli(["fork", "t", "--count", "0"]);
+  assert.is(bad.code, 1);
+  assert.match(bad.stderr, /--count must be a whole number from 1 to 10000/);
+  const nf = await cli(["--json", "inspect", "nope"]);
+  assert.is(nf.code, 1);
+  assert.is(JSON.parse(nf.stdout).error.code, "NOT_FOUND");
+  const inv = await cli(["parent", "create", "Bad Name"]);
+  assert.is(inv.code, 2);
+  assert.match(inv.stderr, /Cannot create parent: name: lower-case letters, digits and/);
+}));
+
+test("gc removes what an interrupted create left behind and nothing else", deadline(30_000, async () => {
+  engine.store.reserve("vms", "half-made");
+  const stray = path.join(engine.store.memDir, "vms-ghost.mem");
+  fs.writeFileSync(stray, "x");
+  assert.equal(await engine.gc(60_000), []);
+  const removed = await engine.gc(0);
+  assert.ok(removed.includes("vms/half-made"), removed.join());
+  assert.ok(removed.includes(stray));
+  assert.is(engine.vm("c-2").status, "running");
+  assert.ok(fs.existsSync(engine.template("t").memoryPath));
+}));
+
 test("bad input names the field", deadline(30_000, async () => {
   const cases: Array<[() => Promise<unknown>, string]> = [
     [() => engine.createParent({ name: "bad", memoryMiB: 16 } as any), "memoryMiB"],
