@@ -6,7 +6,7 @@ import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { gzipSync } from "node:zlib";
+import { gunzipSync, gzipSync } from "node:zlib";
 import * as lockfile from "proper-lockfile";
 import { z } from "zod";
 import { ForkvmError, ForkvmErrorCode, messageOf } from "./errors";
@@ -16,7 +16,7 @@ export interface GuestImage {
   name: string;
   /** Directory holding the image files. */
   dir: string;
-  /** Absolute path of the kernel (bzImage). */
+  /** Absolute path of the kernel: vmlinux (ELF, booted directly through its PVH entry) or vmlinuz. */
   kernel: string;
   /** Absolute path of the initramfs (gzip'd newc cpio). */
   initrd: string;
@@ -49,7 +49,7 @@ export const MIN_MEMORY_MIB = 128;
 export const MODULE_ROOTS = ["virtio_pci", "virtio_console", "virtio_blk", "virtio_net", "ext4", "crc32c_generic"];
 
 /** Bump when the layout of the initramfs or the manifest changes: it forces a rebuild. */
-const BUILDER_REVISION = 1;
+const BUILDER_REVISION = 2;
 const KERNEL_META_PACKAGE = "linux-image-amd64";
 const BUSYBOX_PACKAGE = "busybox-static";
 const GUEST_SCRIPTS = ["init.sh", "agent.sh", "udhcpc.sh"] as const;
@@ -69,16 +69,18 @@ const ImageInputs = z.object({
 }).strict();
 type ImageInputs = z.infer<typeof ImageInputs>;
 
+const Sha256 = z.string().regex(/^[0-9a-f]{64}$/);
 const ImageManifest = z.object({
   version: z.literal(1),
   name: z.string(),
-  kernel: z.literal("vmlinuz"),
+  /** The kernel file QEMU boots: vmlinux when the kernel has a PVH entry, else vmlinuz. */
+  kernel: z.enum(["vmlinux", "vmlinuz"]),
   initrd: z.literal("initrd.img"),
   cmdline: z.string(),
   kernelVersion: z.string().min(1),
   minMemoryMiB: z.number().int().positive(),
   sha256: z.string().regex(/^[0-9a-f]{64}$/),
-  files: z.object({ vmlinuz: z.string().regex(/^[0-9a-f]{64}$/), "initrd.img": z.string().regex(/^[0-9a-f]{64}$/) }).strict(),
+  files: z.object({ vmlinuz: Sha256, "initrd.img": Sha256, vmlinux: Sha256.optional() }).strict(),
   modules: z.array(z.string()),
   inputs: ImageInputs,
 }).strict();
@@ -120,10 +122,10 @@ export async function loadImage(name = "default", opts: { cacheDir?: string; ver
   if (!manifest) {
     throw new ForkvmError("NOT_FOUND", `Cannot load image ${name}: not built; run \`forkvm image build\``, { details: { dir } });
   }
-  for (const file of ["vmlinuz", "initrd.img"] as const) {
+  for (const [file, sum] of Object.entries(manifest.files)) {
     const p = path.join(dir, file);
     if (!fs.existsSync(p)) throw new ForkvmError("IMAGE", `Cannot load image ${name}: ${p} is missing; rebuild it with \`forkvm image build --force\``);
-    if (opts.verify && sha256File(p) !== manifest.files[file]) {
+    if (opts.verify && sha256File(p) !== sum) {
       throw new ForkvmError("IMAGE", `Cannot load image ${name}: ${p} does not match its manifest; rebuild it with \`forkvm image build --force\``);
     }
   }
@@ -228,9 +230,9 @@ export async function buildDefaultImage(opts: BuildOptions = {}): Promise<GuestI
     if (opts.force) return undefined;
     const m = safeReadManifest(dir, name);
     if (!m || JSON.stringify(m.inputs) !== JSON.stringify(inputs)) return undefined;
-    const intact = (["vmlinuz", "initrd.img"] as const).every((f) => {
+    const intact = Object.entries(m.files).every(([f, sum]) => {
       try {
-        return sha256File(path.join(dir, f)) === m.files[f];
+        return sha256File(path.join(dir, f)) === sum;
       } catch {
         return false;
       }
@@ -299,22 +301,30 @@ async function build(
     const entries = [...(await treeEntries(stage)), { path: "dev/console", type: "char" as const, mode: 0o600, major: 5, minor: 1 }];
     const initrd = gzipSync(cpioArchive(entries), { level: 9 });
 
+    progress("decompress the kernel for direct boot");
+    const kernelBytes = fs.readFileSync(vmlinuz);
+    const elf = await directBootKernel(kernelBytes, log);
+
     progress("write image");
     const out = path.join(work, "image");
     fs.mkdirSync(out);
-    const kernelBytes = fs.readFileSync(vmlinuz);
     writeDurably(path.join(out, "vmlinuz"), kernelBytes);
     writeDurably(path.join(out, "initrd.img"), initrd);
-    const files = { vmlinuz: sha256(kernelBytes), "initrd.img": sha256(initrd) };
+    const files: ImageManifest["files"] = { vmlinuz: sha256(kernelBytes), "initrd.img": sha256(initrd) };
+    if (elf) {
+      writeDurably(path.join(out, "vmlinux"), elf);
+      files.vmlinux = sha256(elf);
+    }
+    const kernel = elf ? "vmlinux" : "vmlinuz";
     const manifest: ImageManifest = {
       version: 1,
       name,
-      kernel: "vmlinuz",
+      kernel,
       initrd: "initrd.img",
       cmdline: inputs.cmdline,
       kernelVersion,
       minMemoryMiB: inputs.minMemoryMiB,
-      sha256: sha256(Buffer.from(`${files.vmlinuz}\n${files["initrd.img"]}\n${inputs.cmdline}\n`)),
+      sha256: sha256(Buffer.from(`${kernel} ${files[kernel]}\ninitrd.img ${files["initrd.img"]}\n${inputs.cmdline}\n`)),
       files,
       modules,
       inputs,
@@ -474,14 +484,30 @@ function pruneDebs(debs: string, keep: string): void {
   }
 }
 
+interface ToolOptions {
+  step: string;
+  code: ForkvmErrorCode;
+  cwd?: string;
+  timeoutMs?: number;
+  input?: Buffer;
+}
+
 /** Runs a host tool; throws `code` with "Cannot <step>: ..." and the last stderr lines in details.stderr. */
-function runTool(cmd: string, args: string[], o: { step: string; code: ForkvmErrorCode; cwd?: string; timeoutMs?: number }): Promise<string> {
+async function runTool(cmd: string, args: string[], o: ToolOptions): Promise<string> {
+  return (await runToolBytes(cmd, args, o)).toString("utf8");
+}
+
+function runToolBytes(cmd: string, args: string[], o: ToolOptions): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd: o.cwd, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, LC_ALL: "C", DEBIAN_FRONTEND: "noninteractive" } });
+    const child = spawn(cmd, args, { cwd: o.cwd, stdio: [o.input ? "pipe" : "ignore", "pipe", "pipe"], env: { ...process.env, LC_ALL: "C", DEBIAN_FRONTEND: "noninteractive" } });
+    if (o.input) {
+      child.stdin!.on("error", () => {}); // the exit status tells
+      child.stdin!.end(o.input);
+    }
     const out: Buffer[] = [];
     const err: Buffer[] = [];
-    child.stdout.on("data", (b: Buffer) => out.push(b));
-    child.stderr.on("data", (b: Buffer) => err.push(b));
+    child.stdout!.on("data", (b: Buffer) => out.push(b));
+    child.stderr!.on("data", (b: Buffer) => err.push(b));
     const timer = setTimeout(() => child.kill("SIGKILL"), o.timeoutMs ?? 60_000);
     const lastLines = () => Buffer.concat(err).toString("utf8").trimEnd().split("\n").slice(-10).join("\n");
     child.on("error", (e: NodeJS.ErrnoException) => {
@@ -492,13 +518,79 @@ function runTool(cmd: string, args: string[], o: { step: string; code: ForkvmErr
     });
     child.on("close", (status, signal) => {
       clearTimeout(timer);
-      if (status === 0) return resolve(Buffer.concat(out).toString("utf8"));
+      if (status === 0) return resolve(Buffer.concat(out));
       const stderr = lastLines();
       const how = signal ? `killed by ${signal}` : `exit status ${status}`;
       const last = stderr.split("\n").filter(Boolean).pop();
       reject(new ForkvmError(o.code, `Cannot ${o.step}: ${cmd} failed (${how})${last ? `: ${last}` : ""}`, { details: { stderr, command: [cmd, ...args] } }));
     });
   });
+}
+
+/**
+ * The kernel as an uncompressed ELF when it can boot directly through its PVH entry (QEMU
+ * `-kernel vmlinux`): under TCG this halves boot time, which was mostly the guest
+ * decompressing its own xz payload. Undefined (boot the bzImage) when the payload is not
+ * xz or gzip, `xz` is missing, or the ELF has no PVH entry.
+ */
+async function directBootKernel(bzImage: Buffer, log: Logger): Promise<Buffer | undefined> {
+  const payload = bzImagePayload(bzImage);
+  if (!payload) {
+    log.log("warn", "the kernel is not a bzImage with a payload; booting it as it is");
+    return undefined;
+  }
+  let elf: Buffer;
+  if (payload.subarray(0, 6).equals(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]))) {
+    try {
+      // The payload ends with the kernel's 4-byte size: read only the first stream.
+      elf = await runToolBytes("xz", ["-dc", "--single-stream"], { step: "decompress the kernel", code: "IMAGE", input: payload, timeoutMs: 120_000 });
+    } catch (err) {
+      log.log("warn", "cannot decompress the kernel for direct boot; booting the bzImage", { error: messageOf(err) });
+      return undefined;
+    }
+  } else if (payload[0] === 0x1f && payload[1] === 0x8b) {
+    elf = gunzipSync(payload);
+  } else {
+    log.log("warn", "the kernel payload is neither xz nor gzip; booting the bzImage");
+    return undefined;
+  }
+  if (!hasPvhEntry(elf)) {
+    log.log("warn", "the kernel has no PVH entry; booting the bzImage");
+    return undefined;
+  }
+  return elf;
+}
+
+/** The compressed payload of a bzImage (boot protocol >= 2.08), or undefined. */
+export function bzImagePayload(bz: Buffer): Buffer | undefined {
+  if (bz.length < 0x250 || bz.toString("latin1", 0x202, 0x206) !== "HdrS" || bz.readUInt16LE(0x206) < 0x208) return undefined;
+  const setupSects = bz[0x1f1] || 4;
+  const start = (setupSects + 1) * 512 + bz.readUInt32LE(0x248);
+  const end = start + bz.readUInt32LE(0x24c);
+  return end <= bz.length ? bz.subarray(start, end) : undefined;
+}
+
+/** True when a little-endian ELF64 carries the Xen PVH entry note (owner "Xen", type 18). */
+export function hasPvhEntry(elf: Buffer): boolean {
+  if (elf.length < 64 || elf.readUInt32BE(0) !== 0x7f454c46 || elf[4] !== 2 || elf[5] !== 1) return false;
+  const phoff = Number(elf.readBigUInt64LE(0x20));
+  const phentsize = elf.readUInt16LE(0x36);
+  const phnum = elf.readUInt16LE(0x38);
+  for (let i = 0; i < phnum; i++) {
+    const ph = phoff + i * phentsize;
+    if (ph + 0x28 > elf.length || elf.readUInt32LE(ph) !== 4 /* PT_NOTE */) continue;
+    let off = Number(elf.readBigUInt64LE(ph + 8));
+    const end = Math.min(elf.length, off + Number(elf.readBigUInt64LE(ph + 0x20)));
+    while (off + 12 <= end) {
+      const namesz = elf.readUInt32LE(off);
+      const descsz = elf.readUInt32LE(off + 4);
+      const type = elf.readUInt32LE(off + 8);
+      const name = elf.toString("latin1", off + 12, off + 12 + namesz).replace(/\0+$/, "");
+      if (name === "Xen" && type === 18) return true;
+      off += 12 + Math.ceil(namesz / 4) * 4 + Math.ceil(descsz / 4) * 4;
+    }
+  }
+  return false;
 }
 
 // ---------------------------------------------------------------------------------------------

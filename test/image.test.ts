@@ -5,7 +5,7 @@ import * as assert from "uvu/assert";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { cacheDir, cpioArchive, loadImage, moduleClosure, moduleName, parseKernelDepends, treeEntries } from "../engine/image";
+import { bzImagePayload, cacheDir, cpioArchive, hasPvhEntry, loadImage, moduleClosure, moduleName, parseKernelDepends, treeEntries } from "../engine/image";
 import { ForkvmError } from "../engine/errors";
 import { deadline } from "./helpers/deadline";
 
@@ -130,6 +130,48 @@ test("the kernel package is read from the meta package's Depends", deadline(2000
   assert.equal(parseKernelDepends("Package: linux-image-amd64\nVersion: 6.1.192-2\nDepends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)\n"), { pkg: "linux-image-6.1.0-56-amd64", version: "6.1.192-2" });
   assert.equal(parseKernelDepends("linux-image-amd64\n  Depends: linux-image-6.1.0-56-amd64\n"), { pkg: "linux-image-6.1.0-56-amd64" });
   assert.is(parseKernelDepends("Depends: firmware-foo\n"), undefined);
+}));
+
+/** A minimal ELF64 with one PT_NOTE segment holding one note. */
+function elfWithNote(owner: string, type: number): Buffer {
+  const name = Buffer.alloc(Math.ceil((owner.length + 1) / 4) * 4);
+  name.write(owner);
+  const note = Buffer.concat([Buffer.alloc(12), name, Buffer.alloc(4)]);
+  note.writeUInt32LE(owner.length + 1, 0);
+  note.writeUInt32LE(4, 4);
+  note.writeUInt32LE(type, 8);
+  const elf = Buffer.alloc(64 + 56);
+  elf.writeUInt32BE(0x7f454c46, 0);
+  elf[4] = 2; // ELFCLASS64
+  elf[5] = 1; // little endian
+  elf.writeBigUInt64LE(64n, 0x20); // e_phoff
+  elf.writeUInt16LE(56, 0x36); // e_phentsize
+  elf.writeUInt16LE(1, 0x38); // e_phnum
+  elf.writeUInt32LE(4, 64); // PT_NOTE
+  elf.writeBigUInt64LE(BigInt(elf.length), 64 + 8); // p_offset
+  elf.writeBigUInt64LE(BigInt(note.length), 64 + 0x20); // p_filesz
+  return Buffer.concat([elf, note]);
+}
+
+test("a kernel boots directly only when its ELF has the Xen PVH entry note", deadline(2000, async () => {
+  assert.ok(hasPvhEntry(elfWithNote("Xen", 18)));
+  assert.not.ok(hasPvhEntry(elfWithNote("Xen", 5)));
+  assert.not.ok(hasPvhEntry(elfWithNote("GNU", 18)));
+  assert.not.ok(hasPvhEntry(Buffer.from("not an elf at all, just text, long enough to have a header.......")));
+}));
+
+test("the bzImage payload is found from the setup header", deadline(2000, async () => {
+  const bz = Buffer.alloc(4096);
+  bz[0x1f1] = 3; // setup sectors: protected-mode code starts at (3 + 1) * 512
+  bz.write("HdrS", 0x202, "latin1");
+  bz.writeUInt16LE(0x20f, 0x206);
+  bz.writeUInt32LE(100, 0x248); // payload_offset
+  bz.writeUInt32LE(6, 0x24c); // payload_length
+  bz.write("PAYLDX", 4 * 512 + 100, "latin1");
+  assert.is(bzImagePayload(bz)?.toString("latin1"), "PAYLDX");
+  bz.writeUInt32LE(5000, 0x24c);
+  assert.is(bzImagePayload(bz), undefined, "a payload past the end");
+  assert.is(bzImagePayload(Buffer.alloc(4096)), undefined, "no HdrS magic");
 }));
 
 test("the cache dir honours FORKVM_CACHE, then XDG_CACHE_HOME, then ~/.cache", deadline(2000, async () => {

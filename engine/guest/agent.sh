@@ -64,11 +64,14 @@ do_exec() {
     n=$((n - 1))
   done
   # `exec` in a subshell: never a shell function or builtin of the agent itself (e.g. "exit").
-  (
-    cd / || :
-    if [ "$t" -gt 0 ]; then exec timeout "$t" "$@"; else exec "$@"; fi
-  ) <"$inf" >"$work/out" 2>"$work/err" 3<&- 3>&-
-  rc=$?
+  # (The outer 2>/dev/null only silences the shell's own "Terminated" notice.)
+  {
+    (
+      cd / || :
+      if [ "$t" -gt 0 ]; then exec timeout "$t" "$@"; else exec "$@"; fi
+    ) <"$inf" >"$work/out" 2>"$work/err" 3<&- 3>&-
+    rc=$?
+  } 2>/dev/null
   { printf '%s ok %s ' "$id" "$rc" && b64file "$work/out" && printf ' ' && b64file "$work/err" && printf '\n'; } >"$work/resp" &&
     send
   rm -f "$work/in" "$work/out" "$work/err"
@@ -138,7 +141,8 @@ do_identity() {
 handle() {
   # shellcheck disable=SC2086 # splitting the request into words is the point
   set -- $1
-  id=${1:-}
+  [ $# -gt 0 ] || return 0 # blank lines separate requests
+  id=$1
   case $id in '' | *[!A-Za-z0-9_-]*) log "ignoring a request without a valid id"; return ;; esac
   if [ $# -lt 2 ]; then reply_err "Cannot parse request: no operation"; return; fi
   op=$2
