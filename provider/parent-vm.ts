@@ -1,0 +1,191 @@
+// The ParentVm provider: boots a parent through the engine, reads its live status, restarts a
+// crashed parent in place (re-running its init commands), removes it. It holds no state between
+// calls: everything comes from the inputs, the outputs and the engine's state directory.
+import * as fs from "node:fs";
+import { loadImage, type Engine, type VmInfo } from "../engine";
+import { ParentVmInputs, PARENT_REPLACE_KEYS, PARENT_UPDATE_KEYS, type ParentVmOutputs } from "../schema/parent-vm";
+import type { Shape } from "../schema/common";
+import { changedKeys, codeOf, generateName, isUnknown, openEngine, parseInputs, type CheckFailure } from "./common";
+import { labelOf, reporter, type Reporter } from "./report";
+import { clean, nameTaken } from "./util";
+
+type Props = Record<string, any>;
+
+/** Validates and completes the inputs: defaults, a generated name, the image's minimum memory. */
+export async function check(olds: Props = {}, news: Props = {}): Promise<{ inputs: Props; failures: CheckFailure[] }> {
+  const { inputs, failures } = parseInputs(ParentVmInputs, news);
+  if (!inputs) return { inputs: news, failures };
+  if (inputs.name === undefined) {
+    // Keep a generated name unless the parent is replaced anyway (Pulumi re-checks a replacement without olds too).
+    const reuse = olds.__autoNamed && typeof olds.name === "string" && changedKeys(olds, inputs, PARENT_REPLACE_KEYS.filter((k) => k !== "name")).length === 0;
+    inputs.name = reuse ? olds.name : await freshName(inputs.__logicalName);
+    inputs.__autoNamed = true;
+  } else {
+    delete inputs.__autoNamed;
+  }
+  failures.push(...(await checkFiles(inputs)));
+  inputs.shape = shapeOf(inputs);
+  return { inputs: clean(inputs), failures };
+}
+
+async function freshName(logicalName: string | undefined): Promise<string> {
+  const engine = openEngine(reporter(undefined, "parent"));
+  for (;;) {
+    const name = generateName(logicalName, "parent");
+    if (!nameTaken(engine, name)) return name;
+  }
+}
+
+async function checkFiles(inputs: Props): Promise<CheckFailure[]> {
+  const failures: CheckFailure[] = [];
+  if (Boolean(inputs.kernel) !== Boolean(inputs.initrd) && !isUnknown(inputs.kernel) && !isUnknown(inputs.initrd)) {
+    failures.push({ property: inputs.kernel ? "initrd" : "kernel", reason: "kernel and initrd go together: give both or neither" });
+  }
+  for (const field of ["kernel", "initrd", "diskImage"]) {
+    const file = inputs[field];
+    if (typeof file === "string" && !isUnknown(file) && !fs.existsSync(file)) failures.push({ property: field, reason: `${file} does not exist` });
+  }
+  if (!inputs.kernel && typeof inputs.image === "string" && !isUnknown(inputs.image)) {
+    try {
+      const image = await loadImage(inputs.image);
+      if (typeof inputs.memoryMiB === "number" && inputs.memoryMiB < image.minMemoryMiB) {
+        failures.push({ property: "memoryMiB", reason: `must be at least ${image.minMemoryMiB}: image ${image.name} needs ${image.minMemoryMiB} MiB to boot (got ${inputs.memoryMiB})` });
+      }
+    } catch (err) {
+      const why = codeOf(err) === "NOT_FOUND" ? `image ${inputs.image} is not built: run \`forkvm image build\` first` : (err as Error).message;
+      failures.push({ property: "image", reason: why });
+    }
+  }
+  return failures;
+}
+
+function shapeOf(inputs: Props, vm?: VmInfo): Shape {
+  return {
+    memoryMiB: vm?.shape.memoryMiB ?? inputs.memoryMiB,
+    vcpus: vm?.shape.vcpus ?? inputs.vcpus,
+    diskMiB: inputs.diskImage ? 0 : inputs.diskMiB,
+    accel: vm?.shape.accel ?? inputs.accel,
+  };
+}
+
+/** The outputs: the checked inputs plus what the engine made of the VM. */
+export function outputsOf(inputs: Props, vm: VmInfo): ParentVmOutputs {
+  return clean({
+    ...inputs,
+    name: vm.name,
+    shape: shapeOf(inputs, vm),
+    status: vm.status,
+    pid: vm.status === "running" ? vm.pid : undefined,
+    mac: vm.mac,
+    hostname: vm.hostname,
+    ports: vm.forwards,
+    machine: vm.shape.machine,
+    accelUsed: vm.shape.accel,
+    createdAt: vm.createdAt,
+    bootMs: vm.timings?.bootMs,
+    initMs: vm.timings?.initMs,
+    templates: vm.templates ?? [],
+  }) as ParentVmOutputs;
+}
+
+function argsOf(inputs: Props) {
+  return {
+    name: inputs.name, image: inputs.image, kernel: inputs.kernel, initrd: inputs.initrd, cmdline: inputs.cmdline,
+    memoryMiB: inputs.memoryMiB, vcpus: inputs.vcpus, diskMiB: inputs.diskMiB, diskImage: inputs.diskImage, init: inputs.init,
+    forwards: inputs.forwards, nic: inputs.nic, macPrefix: inputs.macPrefix, accel: inputs.accel, bootTimeoutS: inputs.bootTimeoutS,
+  };
+}
+
+async function boot(engine: Engine, inputs: Props, report: Reporter): Promise<VmInfo> {
+  report.status(`booting ${inputs.name} (${inputs.memoryMiB} MiB, ${inputs.init?.length ?? 0} init commands)`);
+  const t0 = Date.now();
+  const vm = await engine.createParent(argsOf(inputs));
+  report.info(`parent ${vm.name} ready in ${((Date.now() - t0) / 1000).toFixed(1)} s on ${vm.shape.accel} (boot ${vm.timings?.bootMs} ms, init ${vm.timings?.initMs} ms)`);
+  return vm;
+}
+
+export async function create(inputs: Props): Promise<{ id: string; outs: Props }> {
+  const report = reporter(inputs.__urn, labelOf(inputs.__urn, inputs.name));
+  try {
+    const engine = openEngine(report);
+    const vm = await boot(engine, inputs, report);
+    return { id: vm.name, outs: outputsOf(inputs, vm) };
+  } finally {
+    await report.flush();
+  }
+}
+
+/** The live VM, or undefined when the engine has no VM of that name. */
+function liveVm(engine: Engine, name: string): VmInfo | undefined {
+  try {
+    return engine.vm(name);
+  } catch (err) {
+    if (codeOf(err) === "NOT_FOUND") return undefined;
+    throw err;
+  }
+}
+
+export async function read(id: string, props: Props = {}): Promise<{ id: string; props: Props }> {
+  const engine = openEngine(reporter(props.__urn, labelOf(props.__urn, id)));
+  const vm = liveVm(engine, id);
+  if (!vm) return { id: "", props: {} };
+  return { id, props: outputsOf(props, vm) };
+}
+
+/** Whether the live parent needs healing: it crashed or was stopped (a consumed parent is fine). */
+function needsHeal(vm: VmInfo | undefined): boolean {
+  return !vm || vm.status === "crashed" || vm.status === "stopped";
+}
+
+export async function diff(id: string, olds: Props = {}, news: Props = {}) {
+  const replaces = changedKeys(olds, news, PARENT_REPLACE_KEYS);
+  const updates = changedKeys(olds, news, PARENT_UPDATE_KEYS);
+  const engine = openEngine(reporter(news.__urn, labelOf(news.__urn, id)));
+  const heal = replaces.length === 0 && needsHeal(liveVm(engine, id));
+  return {
+    changes: replaces.length > 0 || updates.length > 0 || heal,
+    replaces,
+    // A pinned name cannot exist twice: the old parent goes first.
+    deleteBeforeReplace: replaces.length > 0 && !news.__autoNamed,
+  };
+}
+
+/** Heals in place: a missing parent is booted again, a crashed or stopped one restarted and its init re-run. */
+export async function update(id: string, _olds: Props, news: Props): Promise<{ outs: Props }> {
+  const report = reporter(news.__urn, labelOf(news.__urn, id));
+  try {
+    const engine = openEngine(report);
+    let vm = liveVm(engine, id);
+    if (!vm) {
+      report.warn(`parent ${id} is gone from the engine: booting it again`);
+      vm = await boot(engine, { ...news, name: id }, report);
+    } else if (needsHeal(vm)) {
+      report.warn(`parent ${id} is ${vm.status}: restarting it and re-running its init commands`);
+      vm = await engine.start(id);
+      for (const [i, cmd] of (news.init ?? []).entries()) {
+        report.status(`init ${i + 1}/${news.init.length}: ${cmd}`);
+        const r = await engine.exec(id, ["sh", "-c", cmd], { timeoutMs: news.bootTimeoutS * 1000 });
+        if (r.exitCode !== 0) throw new Error(`Cannot re-run init command ${i + 1} of parent ${id} (${JSON.stringify(cmd)}): exit ${r.exitCode}: ${r.stderr.toString().trim().slice(-500)}`);
+      }
+      vm = engine.vm(id);
+    }
+    return { outs: outputsOf(news, vm) };
+  } finally {
+    await report.flush();
+  }
+}
+
+/** Removes the VM; a VM that is already gone is fine. */
+export async function remove(id: string, props: Props = {}): Promise<void> {
+  const report = reporter(props.__urn, labelOf(props.__urn, id));
+  try {
+    const engine = openEngine(report);
+    if (!liveVm(engine, id)) return;
+    if (engine.listTemplates().some((t) => t.name === id)) {
+      throw new Error(`Cannot delete parent ${id}: a template has the same name and the engine's rm would take the template; run \`forkvm rm ${id}\` after removing the template`);
+    }
+    await engine.remove([id]);
+  } finally {
+    await report.flush();
+  }
+}
