@@ -1,0 +1,59 @@
+// InstantClonePool: a fleet of running children forked from a Template, kept as declared.
+// `new InstantClonePool("web-pool", { template: tmpl.id, size: 20, persistent: false })`.
+// During preview and up it logs the fleet's cost estimate and the update's plan on itself.
+import * as pulumi from "@pulumi/pulumi";
+import type { Child, Estimate, InstantClonePoolArgs as SchemaArgs, InstantClonePoolOutputs } from "../schema/instant-clone-pool";
+import { instantClonePoolProvider } from "../provider/serialisable";
+import { hiddenInputs, recall, remember, seed, type Inputs, type Public } from "./common";
+import { Template } from "./template";
+
+export type InstantClonePoolArgs = Omit<Inputs<Public<SchemaArgs>>, "template"> & {
+  /** The template: the Template itself, its `id` or `name`, or the name of a template in the engine. */
+  template: pulumi.Input<string> | Template;
+};
+
+export type { Child, Estimate };
+
+const OUTPUTS = ["namePrefix", "template", "size", "persistent", "estimate", "plan", "children", "generation", "ready"] as const satisfies ReadonlyArray<keyof InstantClonePoolOutputs>;
+
+export class InstantClonePool extends pulumi.dynamic.Resource {
+  /** Children are named `<namePrefix>-<n>`; equal to `id`. */
+  declare readonly namePrefix: pulumi.Output<string>;
+  declare readonly template: pulumi.Output<string>;
+  declare readonly size: pulumi.Output<number>;
+  declare readonly persistent: pulumi.Output<boolean>;
+  /** Memory shared with the template vs private per child, and delta disks; known during preview. */
+  declare readonly estimate: pulumi.Output<Estimate>;
+  /** What the next update does (preview); empty once applied. */
+  declare readonly plan: pulumi.Output<string[]>;
+  /** Every child: name, vmId, mac, hostname, generation, pid, status, forwards. */
+  declare readonly children: pulumi.Output<Child[]>;
+  /** The template generation the pool runs (or rolls to). */
+  declare readonly generation: pulumi.Output<string>;
+  /** Children running the declared generation. */
+  declare readonly ready: pulumi.Output<number>;
+
+  constructor(name: string, args: InstantClonePoolArgs, opts?: pulumi.CustomResourceOptions) {
+    // With the Template at hand, pass its name and shape: both are known during preview, its id
+    // is not, so the preview can name the template it rolls to and estimate the cost.
+    const template = recall(args.template, Template);
+    const props = {
+      ...seed(OUTPUTS),
+      ...args,
+      template: template ? template.name : (args.template as pulumi.Input<string>),
+      __shape: template?.shape,
+      ...hiddenInputs(name, "InstantClonePool", opts),
+    };
+    super(instantClonePoolProvider, name, props, opts, "forkvm", "InstantClonePool");
+    remember(this, this.id, this.namePrefix);
+    // Where the user sees it: a message on this resource, during preview (the estimate and plan
+    // come from check, so they are known before anything runs) and during up.
+    pulumi.all([this.estimate, this.plan]).apply(([estimate, plan]) => {
+      if (!estimate) return;
+      const prefix = pulumi.runtime.isDryRun() ? "estimate" : "fleet";
+      void pulumi.log.info(`${prefix}: ${estimate.summary}`, this);
+      for (const w of estimate.warnings ?? []) void pulumi.log.warn(w, this);
+      if (plan?.length) void pulumi.log.info(`plan: ${plan.join("; ")}`, this);
+    });
+  }
+}
