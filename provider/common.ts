@@ -139,8 +139,11 @@ export function changedKeys(olds: Record<string, unknown>, news: Record<string, 
   return keys.filter((k) => !same(olds[k], news[k]));
 }
 
-/** The engine for one provider call: logs (warnings and errors) and progress go to the reporter. */
-export function openEngine(report: Reporter): Engine {
+/**
+ * The engine for one provider call: logs (warnings and errors) and, unless `progress` is false
+ * (the pool reports its own), the engine's progress go to the reporter.
+ */
+export function openEngine(report: Reporter, progress = true): Engine {
   const log = makeLogger((level, msg, fields) => {
     const who = typeof fields.vm === "string" ? `${fields.vm}: ` : "";
     if (level === "warn") report.warn(`${who}${msg}`);
@@ -149,6 +152,7 @@ export function openEngine(report: Reporter): Engine {
   return new Engine({
     log,
     progress: (p) => {
+      if (!progress) return;
       const count = p.total ? ` ${p.done ?? 0}/${p.total}` : "";
       report.status(`${p.step}${count}${p.message ? `: ${p.message}` : ""}`);
     },

@@ -266,7 +266,7 @@ interface Step {
 }
 
 async function reconcile(id: string, inputs: Props, previous: Props, metadataChanged: boolean, report: Reporter): Promise<InstantClonePoolOutputs> {
-  const engine = openEngine(report);
+  const engine = openEngine(report, false);
   const t = engine.template(inputs.template);
   const desired = desiredOf(id, inputs, t.generation);
   const plan: PoolPlan = planPool(desired, poolChildren(engine, id, knownNames(previous)).map((v) => liveOf(v, id)));

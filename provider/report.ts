@@ -102,8 +102,17 @@ export function reporter(urn: string | undefined, label: string, stderr: (line: 
       if (wait <= 0) flushStatus();
       else if (!timer) timer = setTimeout(flushStatus, wait);
     },
-    info: (msg) => send("info", msg, false),
-    warn: (msg) => send("warn", msg, false),
+    // A lasting message goes after the progress line that preceded it, never before.
+    info(msg) {
+      if (timer) clearTimeout(timer);
+      flushStatus();
+      send("info", msg, false);
+    },
+    warn(msg) {
+      if (timer) clearTimeout(timer);
+      flushStatus();
+      send("warn", msg, false);
+    },
     async flush() {
       if (timer) clearTimeout(timer);
       flushStatus();

@@ -157,16 +157,26 @@ export async function remove(id: string, props: Props = {}): Promise<void> {
 }
 
 function hasChildrenMessage(engine: Engine, id: string, children: string[]): string {
-  const owner = (name: string) => {
+  const byPool = new Map<string, string[]>();
+  for (const name of children) {
+    let pool = "";
     try {
-      const pool = engine.vm(name).metadata?.FORKVM_POOL;
-      return pool ? `${name} (pool ${pool})` : `${name} (no pool)`;
+      pool = engine.vm(name).metadata?.FORKVM_POOL ?? "";
     } catch {
-      return name;
+      /* removed meanwhile */
     }
-  };
-  const shown = children.slice(0, 20).map(owner).join(", ");
-  return `Cannot delete template ${id}: ${children.length} ${children.length === 1 ? "child still uses" : "children still use"} it: ${shown}${children.length > 20 ? ", …" : ""}. ` +
-    `They are not managed by this program (a pool of this program rolls its children over before the template goes). ` +
-    `Remove them first (\`forkvm rm ${children.slice(0, 5).join(" ")}${children.length > 5 ? " …" : ""}\`) or delete the pool that owns them, then run the update again.`;
+    byPool.set(pool, [...(byPool.get(pool) ?? []), name]);
+  }
+  const list = (names: string[]) => (names.length > 5 ? `${names.slice(0, 5).join(", ")}, …` : names.join(", "));
+  const loose = byPool.get("") ?? [];
+  const parts = [
+    ...(loose.length ? [`${list(loose)} (in no pool)`] : []),
+    ...[...byPool].filter(([p]) => p).map(([p, names]) => `${list(names)} (pool ${p})`),
+  ];
+  const advice = [
+    ...(loose.length ? [`remove the children no pool owns (\`forkvm rm ${loose.slice(0, 5).join(" ")}${loose.length > 5 ? " …" : ""}\`)`] : []),
+    ...(byPool.size > (loose.length ? 1 : 0) ? ["point the pools at another template or delete them (a pool of this program rolls over to a new template before the old one is deleted)"] : []),
+  ];
+  return `Cannot delete template ${id}: ${children.length} ${children.length === 1 ? "child still uses" : "children still use"} it: ${parts.join("; ")}. ` +
+    `Deleting it would take their memory image away: ${advice.join(", and ")}, then run the update again.`;
 }
