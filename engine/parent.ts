@@ -46,6 +46,9 @@ export const ParentArgs = z.object({
 }).strict();
 export type ParentArgs = z.input<typeof ParentArgs>;
 
+/** The kernel command line for a kernel the user brings without one: the console on the serial port. */
+export const USER_KERNEL_CMDLINE = "console=ttyS0 panic=-1";
+
 /** Resolves host ports: asked ones as given, 0/absent to a free one. */
 export async function resolveForwards(specs: z.infer<typeof ForwardSpec>[]): Promise<PortForward[]> {
   const out: PortForward[] = [];
@@ -92,7 +95,7 @@ export async function createParent(ctx: Ctx, input: ParentArgs): Promise<VmManif
       vcpus: args.vcpus,
       kernel: path.resolve(args.kernel ?? image!.kernel),
       initrd: path.resolve(args.initrd ?? image!.initrd),
-      cmdline: args.cmdline ?? image!.cmdline,
+      cmdline: args.cmdline ?? image?.cmdline ?? USER_KERNEL_CMDLINE,
       disk: Boolean(args.diskImage) || args.diskMiB > 0,
       nic: args.nic,
     };

@@ -207,6 +207,46 @@ test("gc removes what an interrupted create left behind and nothing else", deadl
   assert.ok(fs.existsSync(engine.template("t").memoryPath));
 }));
 
+test("a parent boots from a kernel, initrd and raw disk the user brings; the raw file is never written", deadline(180_000, async () => {
+  const img = engine.template("t").shape;
+  const raw = path.join(process.env.FORKVM_TEST_HOME ?? "/tmp", "user-disk.raw");
+  const marker = Buffer.alloc(16 * 1048576);
+  marker.write("USERDISK", 0);
+  fs.writeFileSync(raw, marker);
+  const before = sha(raw);
+  const vm = await engine.createParent({ name: "byo", kernel: img.kernel, initrd: img.initrd, cmdline: img.cmdline, diskImage: raw, memoryMiB: 192, accel: "tcg" });
+  assert.is(vm.status, "running");
+  assert.is(await sh("byo", "head -c 8 /dev/vda"), "USERDISK");
+  await sh("byo", "echo CHANGED | dd of=/dev/vda conv=notrunc 2>/dev/null && sync");
+  assert.is(await sh("byo", "head -c 7 /dev/vda"), "CHANGED");
+  assert.is(sha(raw), before);
+  await engine.remove(["byo"]);
+}));
+
+test("a QEMU failure carries QEMU's own words and leaves nothing behind", deadline(60_000, async () => {
+  const junk = path.join(process.env.FORKVM_TEST_HOME ?? "/tmp", "not-a-kernel");
+  fs.writeFileSync(junk, "this is not a kernel");
+  const err: any = await engine.createParent({ name: "broken", kernel: junk, initrd: junk, accel: "tcg", bootTimeoutS: 30 }).catch((e: any) => e);
+  assert.instance(err, ForkvmError);
+  assert.is(err.code, "QEMU", err.message);
+  assert.ok(String(err.details.stderr).length > 0, err.message);
+  assert.not.ok(engine.store.exists("vms", "broken"));
+  assert.not.ok(fs.existsSync(engine.store.memoryPath("vms", "broken")));
+}));
+
+test("the serial console of a child answers with a shell", deadline(30_000, async () => {
+  const sock = require("node:net").createConnection(path.join(engine.store.dir("vms", "c-3"), "console.sock"));
+  let seen = "";
+  sock.on("data", (d: Buffer) => (seen += d));
+  await new Promise((r) => sock.once("connect", r));
+  for (let i = 0; i < 50 && !seen.includes("console-ok-42"); i++) {
+    sock.write("echo console-ok-$((40+2))\n");
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  sock.destroy();
+  assert.match(seen, /console-ok-42/);
+}));
+
 test("bad input names the field", deadline(30_000, async () => {
   const cases: Array<[() => Promise<unknown>, string]> = [
     [() => engine.createParent({ name: "bad", memoryMiB: 16 } as any), "memoryMiB"],
