@@ -98,10 +98,13 @@ export function parseInputs<S extends z.ZodType>(
 
 function reasonOf(issue: z.core.$ZodIssue): string {
   if (issue.code === "invalid_type") {
+    if (!issue.message.startsWith("Invalid input")) return issue.message;
+    if ((issue.expected as string) === "int") return "must be an integer";
     const got = issue.message.match(/received (\w+)/)?.[1];
     if (got === "undefined") return `required: must be ${article(issue.expected)}`;
     return `must be ${article(issue.expected)}${got ? `, not ${article(got)}` : ""}`;
   }
+  if (issue.code === "invalid_key") return `invalid key: ${(issue.issues[0]?.message ?? issue.message).replace(/^Invalid string: /, "")}`;
   if (issue.code === "invalid_union") return "must be a count (integer ≥ 1) or a percentage such as \"25%\"";
   return issue.message;
 }

@@ -29,7 +29,7 @@ export const UpdatePolicy = z
 export const InstantClonePoolInputs = z
   .object({
     template: VmName.describe("The Template to fork from: its `id` (or `name`). Changing it (a new generation) rolls the children over in batches."),
-    size: z.number({ error: "must be a number" }).int("must be an integer").min(0, "must be at least 0").max(10_000, "must be at most 10000").describe("How many children run."),
+    size: z.number().int("must be an integer").min(0, "must be at least 0").max(10_000, "must be at most 10000").describe("How many children run."),
     persistent: z.boolean().default(false).describe("Persistent children keep their delta disk across stop/start (linked clones); non-persistent ones keep it on tmpfs and `reset` returns them to the template's state."),
     namePrefix: VmName.optional().describe("Children are named and hostnamed `<namePrefix>-<n>`, n = 1..size. Default: the resource name plus a random suffix."),
     macPrefix: MacPrefix.optional().describe("MAC prefix of the children's NICs, 1 to 5 octets (e.g. to match a DHCP or firewall rule)."),
