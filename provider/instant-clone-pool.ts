@@ -271,7 +271,7 @@ async function reconcile(id: string, inputs: Props, previous: Props, metadataCha
   const desired = desiredOf(id, inputs, t.generation);
   const plan: PoolPlan = planPool(desired, poolChildren(engine, id, knownNames(previous)).map((v) => liveOf(v, id)));
   const lines = describePlan(plan, desired, metadataChanged);
-  report.info(lines.length ? `${id}: ${lines.join("; ")}` : `${id}: ${inputs.size} children up to date`);
+  report.info(lines.length ? lines.join("; ") : `${inputs.size} children up to date`);
 
   const errors: string[] = [];
   const touched = new Set<string>();
@@ -342,7 +342,7 @@ async function reconcile(id: string, inputs: Props, previous: Props, metadataCha
   }
 
   const outs = outputsOf(engine, id, inputs, previous);
-  report.info(`${id}: ${outs.ready}/${inputs.size} children ready on generation ${t.generation}`);
+  report.info(`${outs.ready}/${inputs.size} children ready on generation ${t.generation}`);
   if (errors.length) {
     throw new PartialFailure(id, outs, `Cannot bring pool ${id} to ${inputs.size} children: ${errors.length} failed: ${errors.slice(0, 5).join("; ")}${errors.length > 5 ? "; …" : ""}`, errors);
   }

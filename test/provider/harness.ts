@@ -63,7 +63,7 @@ export function urnOf(type: string, name: string): string {
   return `urn:pulumi:test::forkvm::pulumi-nodejs:dynamic/forkvm:${type}::${name}`;
 }
 
-/** Seconds since `t0`, one decimal. */
+/** Seconds since `t0`, two decimals. */
 export function secs(t0: number): number {
-  return Math.round((Date.now() - t0) / 100) / 10;
+  return Math.round((Date.now() - t0) / 10) / 100;
 }
