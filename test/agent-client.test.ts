@@ -124,6 +124,16 @@ test("stale lines from earlier clients are discarded", deadline(5000, async () =
   fs.rmSync(dir, { recursive: true, force: true });
 }));
 
+test("a reply cut short by a dying agent does not swallow the next one", deadline(5000, async () => {
+  const { base, dir } = await fifos();
+  const peer = fakePeer(base, (req, reply) => reply(`\noldclient2 ok 0 QUJD\n${req.id} ok pong 1\n`));
+  const c = new AgentClient(base);
+  assert.is(await c.ping(2000), "1");
+  c.close();
+  peer.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+}));
+
 test("a reply left over by an earlier call does not answer the next one", deadline(5000, async () => {
   const { base, dir } = await fifos();
   let n = 0;

@@ -35,8 +35,9 @@ send() {
   [ "$size" -le 4194304 ] || size=4194304
   dd if="$work/resp" bs="$size" 2>/dev/null >&3 || log "cannot write reply $id"
 }
-reply_ok() { printf '%s ok%s\n' "$id" "${1:+ $1}" >"$work/resp" && send; }
-reply_err() { printf '%s err %s\n' "$id" "$(b64str "$1")" >"$work/resp" && send; }
+# Every reply starts with a newline too: it ends any line a killed writer left unfinished.
+reply_ok() { printf '\n%s ok%s\n' "$id" "${1:+ $1}" >"$work/resp" && send; }
+reply_err() { printf '\n%s err %s\n' "$id" "$(b64str "$1")" >"$work/resp" && send; }
 
 # exec <timeoutSec> <b64 stdin|-> <b64 argv0> [<b64 argv>...]
 do_exec() {
@@ -72,7 +73,7 @@ do_exec() {
     ) <"$inf" >"$work/out" 2>"$work/err" 3<&- 3>&-
     rc=$?
   } 2>/dev/null
-  { printf '%s ok %s ' "$id" "$rc" && b64file "$work/out" && printf ' ' && b64file "$work/err" && printf '\n'; } >"$work/resp" &&
+  { printf '\n%s ok %s ' "$id" "$rc" && b64file "$work/out" && printf ' ' && b64file "$work/err" && printf '\n'; } >"$work/resp" &&
     send
   rm -f "$work/in" "$work/out" "$work/err"
 }

@@ -372,6 +372,7 @@ export class AgentClient {
       };
       ch.onFailure = (err) => finish(new ForkvmError(err.code, `Cannot ${what}: ${err.message}`, { cause: err, details: { ...err.details, op, vm: this.base } }));
       ch.onLine = (line) => {
+        if (line.length === 0) return; // requests and replies are separated by blank lines
         const text = line.toString("latin1");
         const words = text.split(" ");
         if (!conv.ids.has(words[0] ?? "")) {

@@ -23,16 +23,21 @@ $BB mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm 2>/dev/null
 $BB --install -s 2>/dev/null
 
 say() { echo "forkvm: $*" >/dev/console 2>/dev/null; }
+# With forkvm.debug=1: "forkvm: <uptime> <phase>" lines, to see where boot time goes.
+mark() { [ "$debug" = 1 ] && say "$(cut -d' ' -f1 /proc/uptime) $*"; }
 
-# Kernel parameters of our own: forkvm.hostname=NAME, forkvm.mkfs=1.
+# Kernel parameters of our own: forkvm.hostname=NAME, forkvm.mkfs=1, forkvm.debug=1.
 hostname=forkvm
 mkfs=0
+debug=0
 for word in $(cat /proc/cmdline 2>/dev/null); do
   case $word in
     forkvm.hostname=?*) hostname=${word#forkvm.hostname=} ;;
     forkvm.mkfs=1) mkfs=1 ;;
+    forkvm.debug=1) debug=1 ;;
   esac
 done
+mark "mounted, applets installed"
 
 # Modules, in dependency order (written by the image builder, one absolute path a line).
 if [ -r /etc/forkvm/modules ]; then
@@ -41,13 +46,17 @@ if [ -r /etc/forkvm/modules ]; then
     insmod "$mod" 2>/dev/null || say "cannot load module $mod"
   done </etc/forkvm/modules
 fi
+mark "modules loaded"
 
 # Identity: hostname and a random machine id (the agent's identity op changes both).
 hostname "$hostname" 2>/dev/null
 echo "$hostname" >/etc/hostname
-id=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+# (Not /dev/urandom: this early it stalls ~1 s under TCG until the kernel's RNG is initialised.)
+id=$(tr -d -- '-\n' </proc/sys/kernel/random/uuid 2>/dev/null)
 [ ${#id} -eq 32 ] && echo "$id" >/etc/machine-id
 printf '127.0.0.1\tlocalhost\n' >/etc/hosts
+
+mark "identity set"
 
 # Network: loopback, then eth0 by DHCP (QEMU user networking answers at once). No NIC: no wait.
 ip link set lo up 2>/dev/null
@@ -55,6 +64,8 @@ if [ -e /sys/class/net/eth0 ]; then
   ip link set eth0 up 2>/dev/null
   udhcpc -i eth0 -s /forkvm/udhcpc.sh -q -n -t 3 -T 1 >/dev/null 2>&1 || say "no DHCP lease on eth0"
 fi
+
+mark "network up"
 
 # Data disk: /dev/vda on /data; made ext2 (mounted by the ext4 driver) only when asked and blank.
 has_ext_magic() { [ "$(dd if="$1" bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1 | tr -d ' \n')" = 53ef ]; }
@@ -65,6 +76,8 @@ if [ -b /dev/vda ]; then
   fi
   mount -t ext4 /dev/vda /data 2>/dev/null || say "cannot mount /dev/vda on /data"
 fi
+
+mark "data disk done"
 
 # A root shell on the serial console, respawned when it exits.
 (
