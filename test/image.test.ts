@@ -1,5 +1,7 @@
 // The pure parts of the image builder: module closure from modules.dep, the newc cpio writer
-// (byte-identical across builds), kernel package resolution, cache dir and loadImage errors.
+// (byte-identical across builds), kernel package resolution, cache dir and loadImage errors;
+// then, when the default image is built and QEMU is installed, one real boot under TCG.
+import { spawn, spawnSync } from "node:child_process";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import * as fs from "node:fs";
@@ -7,6 +9,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { bzImagePayload, cacheDir, cpioArchive, hasPvhEntry, loadImage, moduleClosure, moduleName, parseKernelDepends, treeEntries } from "../engine/image";
 import { ForkvmError } from "../engine/errors";
+import { AgentClient, createAgentFifos } from "../engine/guest/client";
 import { deadline } from "./helpers/deadline";
 
 // As busybox depmod writes it for Debian's 6.1 kernel (a few lines of it, reordered).
@@ -190,6 +193,65 @@ test("loading an image never built fails with NOT_FOUND and says how to build it
   const bad = await loadImage("default", { cacheDir: dir }).catch((e) => e);
   assert.is(bad.code, "STATE");
   fs.rmSync(dir, { recursive: true, force: true });
+}));
+
+function builtImage(): Promise<Awaited<ReturnType<typeof loadImage>> | undefined> {
+  return loadImage().catch(() => undefined);
+}
+
+test("the default image boots under TCG: agent, hostname, stdin, /data, identity, a second client", deadline(60_000, async () => {
+  const img = await builtImage();
+  const qemu = spawnSync("qemu-system-x86_64", ["--version"]).status === 0;
+  if (!img || !qemu) {
+    console.log(`  (skipped the real boot: ${!img ? "the default image is not built (scripts/setup.sh)" : "QEMU is not installed"})`);
+    return;
+  }
+  const memDir = process.env.FORKVM_MEMDIR ?? os.tmpdir();
+  fs.mkdirSync(memDir, { recursive: true });
+  const dir = fs.mkdtempSync(path.join(process.env.FORKVM_TEST_HOME ?? os.tmpdir(), "boot-"));
+  const mem = path.join(memDir, `image-test-${process.pid}.mem`);
+  await createAgentFifos(path.join(dir, "agent"));
+  fs.writeFileSync(path.join(dir, "disk.raw"), "");
+  fs.truncateSync(path.join(dir, "disk.raw"), 64 * 1024 * 1024);
+  const q = spawn("qemu-system-x86_64", [
+    "-accel", "tcg", "-machine", "pc,memory-backend=mem", "-object", `memory-backend-file,id=mem,size=${img.minMemoryMiB}M,mem-path=${mem},share=on`,
+    "-m", String(img.minMemoryMiB), "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+    "-kernel", img.kernel, "-initrd", img.initrd, "-append", `${img.cmdline} forkvm.hostname=t1 forkvm.mkfs=1`,
+    "-chardev", `file,id=con,path=${dir}/console.log`, "-serial", "chardev:con",
+    "-device", "virtio-serial-pci,id=vser0", "-chardev", `pipe,id=agent,path=${dir}/agent`,
+    "-device", "virtserialport,bus=vser0.0,chardev=agent,name=org.forkvm.agent",
+    "-drive", `file=${dir}/disk.raw,if=none,id=disk0,format=raw`, "-device", "virtio-blk-pci,drive=disk0",
+    "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56", "-device", "vmgenid,guid=auto",
+  ], { stdio: "ignore" });
+  let alive = true;
+  q.on("exit", () => (alive = false));
+  const c = new AgentClient(path.join(dir, "agent"), { lockFile: path.join(dir, "agent.lock") });
+  try {
+    await c.waitReady(45_000, () => alive);
+    assert.is((await c.exec(["cat", "/etc/hostname"])).stdout.toString(), "t1\n");
+    assert.is((await c.exec(["cat"], { stdin: "via stdin\n" })).stdout.toString(), "via stdin\n");
+    assert.is((await c.exec(["sh", "-c", "grep -c ' /data ' /proc/mounts"])).stdout.toString(), "1\n");
+    assert.is((await c.exec(["nosuchcommand"])).exitCode, 127);
+    await c.identity({ hostname: "child-2", mac: "52:54:00:ab:cd:ef" }, 20_000);
+    const after = await c.exec(["sh", "-c", "hostname; cat /sys/class/net/eth0/address; cat /etc/machine-id"]);
+    const [host, mac, mid] = after.stdout.toString().trim().split("\n");
+    assert.is(host, "child-2");
+    assert.is(mac, "52:54:00:ab:cd:ef");
+    assert.match(mid!, /^[0-9a-f]{32}$/);
+    c.close();
+    const again = new AgentClient(path.join(dir, "agent"), { lockFile: path.join(dir, "agent.lock") });
+    assert.is(await again.ping(10_000), "1");
+    again.close();
+  } catch (err) {
+    const consoleLog = fs.existsSync(path.join(dir, "console.log")) ? fs.readFileSync(path.join(dir, "console.log"), "utf8").slice(-800) : "";
+    throw new Error(`${(err as Error).message}\nconsole:\n${consoleLog}`);
+  } finally {
+    c.close();
+    q.kill("SIGKILL");
+    if (alive) await new Promise((r) => q.on("exit", r));
+    fs.rmSync(mem, { force: true });
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 }));
 
 test.run();
