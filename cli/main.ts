@@ -128,13 +128,14 @@ program.command("fork <template>").description("fork running children from a tem
   .option("--count <n>", "how many children", int("--count", 1, 10000), 1)
   .option("--prefix <prefix>", "children are named <prefix>-<n> (default: the template's name)")
   .option("--persistent", "children keep their delta disk across stop/start")
+  .option("--full", "full clones: own copies of memory and disk, independent of the template (slower, no sharing)")
   .option("--concurrency <n>", "forks in flight at once", int("--concurrency", 1, 256), 4)
   .option("--forward <[host:]guest>", "forward a port to each child (host port picked per child)", collect, [])
   .option("--mac-prefix <octets>", "MAC prefix, e.g. 52:54:00")
   .action(action(async (tname: string, o: Record<string, any>) => {
     const p = progressReporter(Boolean(globals().quiet));
     const r = await engine().withProgress(p.report).fork({
-      template: tname, count: o.count, prefix: o.prefix, persistent: Boolean(o.persistent), concurrency: o.concurrency,
+      template: tname, count: o.count, prefix: o.prefix, persistent: Boolean(o.persistent), clone: o.full ? "full" : "linked", concurrency: o.concurrency,
       forwards: o.forward.map(parseForward), macPrefix: o.macPrefix,
     }).finally(p.done);
     if (globals().json) printJson({ children: r.children, failed: r.failed.map((f) => ({ name: f.name, code: f.error.code, message: f.error.message })) });

@@ -8,7 +8,7 @@ import { z } from "zod";
 import { ForkvmError, messageOf } from "./errors";
 import type { Ctx } from "./context";
 import { Name, type TemplateManifest, type VmManifest } from "./manifest";
-import { createDisk, isAlive, killQemu } from "./qemu/process";
+import { copyDisk, createDisk, isAlive, killQemu } from "./qemu/process";
 import { parseArgs } from "./validate";
 import { ForwardSpec, resolveForwards } from "./parent";
 import { Undo } from "./undo";
@@ -22,6 +22,9 @@ export const ForkArgs = z.object({
   /** Exact names instead of prefix-numbering (count is then names.length). */
   names: z.array(Name).optional(),
   persistent: z.boolean().default(false),
+  /** linked: memory copy-on-write and a delta disk on the template (instant clone);
+   *  full: a private copy of the memory image and an independent disk (no dependency on the template). */
+  clone: z.enum(["linked", "full"]).default("linked"),
   macPrefix: z.string().regex(MAC_PREFIX_RE, "1 to 5 hex octets separated by ':', e.g. 52:54:00").optional(),
   forwards: z.array(ForwardSpec).default([]),
   /** How many children are forked at once. */
@@ -86,7 +89,7 @@ export async function forkChildren(ctx: Ctx, input: ForkArgs): Promise<ForkResul
         shape: t.shape, token: newToken(), memoryPath: t.memoryPath,
         diskPath: t.diskPath ? childDiskPath(ctx, name, args.persistent) : undefined,
         mac: randomMac(args.macPrefix), hostname: hostnameFor(name), forwards: await resolveForwards(args.forwards),
-        template: { name: t.name, generation: t.generation }, persistent: args.persistent, startedBy: "fork",
+        template: { name: t.name, generation: t.generation }, persistent: args.persistent, clone: args.clone, startedBy: "fork",
         metadata: args.metadata, timings: {},
       };
       store.writeVm(vm);
@@ -131,21 +134,32 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
   const dir = ctx.store.dir("vms", vm.name);
   const t0 = process.hrtime.bigint();
   const ms = () => Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100;
+  const full = vm.clone === "full";
   if (vm.diskPath) {
     fs.rmSync(vm.diskPath, { force: true });
-    await createDisk(vm.diskPath, { backing: t.diskPath });
+    if (full) await copyDisk(t.diskPath!, vm.diskPath);
+    else await createDisk(vm.diskPath, { backing: t.diskPath });
     const disk = vm.diskPath;
     if (!vm.persistent) undo.push("remove delta disk", () => fs.rmSync(disk, { force: true }));
   }
   const diskMs = ms();
-  vm.token = newToken();
   vm.memoryPath = t.memoryPath;
+  if (full) {
+    // A private, writable copy of the memory image, mapped shared like a parent's own memory.
+    vm.memoryPath = ctx.store.memoryPath("vms", vm.name);
+    const mem = vm.memoryPath;
+    undo.push("remove memory copy", () => fs.rmSync(mem, { force: true }));
+    fs.copyFileSync(t.memoryPath, mem);
+    fs.chmodSync(mem, 0o600);
+  }
+  const copyMs = ms();
+  vm.token = newToken();
   vm.shape = t.shape;
   vm.template = { name: t.name, generation: t.generation };
   vm.startedBy = "fork";
   const token = vm.token;
   const { pid, qmp } = await startInstance(t.shape, {
-    token, dir, memory: { path: t.memoryPath, share: false }, diskPath: vm.diskPath, mac: vm.mac, forwards: vm.forwards, incoming: true,
+    token, dir, memory: { path: vm.memoryPath, share: full }, diskPath: vm.diskPath, mac: vm.mac, forwards: vm.forwards, incoming: true,
   });
   undo.push("kill QEMU", () => killQemu(pid, token, 500));
   vm.pid = pid;
@@ -172,5 +186,5 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
   } finally {
     agent.close();
   }
-  vm.timings = { diskMs, spawnMs, runningMs, readyMs: ms() };
+  vm.timings = { diskMs, ...(full ? { copyMs } : {}), spawnMs, runningMs, readyMs: ms() };
 }

@@ -29,9 +29,9 @@ export function info(vm: VmManifest): VmInfo {
   return { ...vm, status: statusOf(vm) };
 }
 
-/** Children of a template, whatever their state. */
+/** Children that depend on a template (linked clones), whatever their state. Full clones do not. */
 export function childrenOf(ctx: Ctx, template: string): VmManifest[] {
-  return ctx.store.listVms().filter((v) => v.template?.name === template);
+  return ctx.store.listVms().filter((v) => v.template?.name === template && v.clone !== "full");
 }
 
 /**

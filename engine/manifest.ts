@@ -50,6 +50,8 @@ export const VmManifest = z.object({
   /** Children: where they came from. */
   template: z.object({ name: z.string(), generation: z.string() }).optional(),
   persistent: z.boolean().optional(),
+  /** Children: linked (memory and disk shared with the template) or full (own copies, independent). */
+  clone: z.enum(["linked", "full"]).optional(),
   /** How the current instance started: a cold boot from the image, or a fork. */
   startedBy: z.enum(["boot", "fork"]),
   metadata: z.record(z.string(), z.string()).optional(),

@@ -59,13 +59,15 @@ export function memoryStats(vm: VmManifest): MemoryStats | undefined {
   }
   const all = parseSmapsFields(rollup);
   const ram = mappingFields(smaps, vm.memoryPath);
+  // Only a linked child's RAM maps a template privately; a parent's or full clone's is its own.
+  const cow = vm.role === "child" && vm.clone !== "full" && vm.startedBy === "fork";
   return {
     name: vm.name,
     pid: vm.pid,
     rssMiB: mib(all.Rss ?? 0),
     pssMiB: mib(all.Pss ?? 0),
     privateMiB: mib((all.Private_Clean ?? 0) + (all.Private_Dirty ?? 0)),
-    sharedWithTemplateMiB: mib((ram.Rss ?? 0) - (ram.Anonymous ?? 0)),
-    guestDirtyMiB: mib(ram.Anonymous ?? 0),
+    sharedWithTemplateMiB: cow ? mib((ram.Rss ?? 0) - (ram.Anonymous ?? 0)) : 0,
+    guestDirtyMiB: cow ? mib(ram.Anonymous ?? 0) : mib(ram.Rss ?? 0),
   };
 }

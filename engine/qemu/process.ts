@@ -107,3 +107,8 @@ export async function createDisk(path: string, opts: { sizeMiB?: number; backing
   if (opts.sizeMiB !== undefined) args.push(`${opts.sizeMiB}M`);
   await run(qemuImgBinary(), args, { what: `create disk ${path}` });
 }
+
+/** Copies a disk with its whole backing chain into one independent qcow2 (a full clone's disk). */
+export async function copyDisk(from: string, to: string): Promise<void> {
+  await run(qemuImgBinary(), ["convert", "-q", "-O", "qcow2", from, to], { what: `copy disk ${from} to ${to}`, timeoutMs: 3600_000 });
+}

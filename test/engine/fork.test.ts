@@ -141,6 +141,19 @@ test("children share memory: the sum of their PSS is well below the sum of their
   assert.ok(s.every((x) => x.sharedWithTemplateMiB > 1));
 }));
 
+test("a full clone has its own memory and disk and does not hold its template", deadline(60_000, async () => {
+  const r = await engine.fork({ template: "t", names: ["full-1"], clone: "full" });
+  assert.is(r.failed.length, 0, r.failed.map((f) => f.error.message).join("; "));
+  const vm = engine.vm("full-1");
+  assert.is.not(vm.memoryPath, engine.template("t").memoryPath);
+  assert.is(await sh("full-1", "cat /tmp/warm"), warm);
+  assert.is(await sh("full-1", "cat /data/base.txt"), "base");
+  const disk = (await import("node:child_process")).execFileSync("qemu-img", ["info", "-U", "--output=json", vm.diskPath!]).toString();
+  assert.not.ok(JSON.parse(disk)["backing-filename"], "a full clone's disk has no backing file");
+  assert.is(engine.stats(["full-1"])[0].sharedWithTemplateMiB, 0);
+  assert.not.ok(engine.template("t").children.includes("full-1"));
+}));
+
 test("a child whose QEMU died shows as crashed, not running", deadline(30_000, async () => {
   const vm = engine.vm("m-5");
   process.kill(vm.pid!, "SIGKILL");
