@@ -199,13 +199,14 @@ export async function check(olds: Props = {}, news: Props = {}): Promise<{ input
 
 function planLines(inputs: Props, prefix: string, t: TemplateInfo | undefined, live: VmInfo[], olds: Props): string[] {
   if (isUnknown(inputs.template) || isUnknown(inputs.size)) return [`fork ${isUnknown(inputs.size) ? "?" : inputs.size} children from a template known after deploy`];
-  if (!t) return [`fork ${inputs.size} children from template ${inputs.template} (created in this deployment)`];
-  const desired = desiredOf(prefix, inputs, t.generation);
-  const plan = planPool(desired, live.map((v) => liveOf(v, prefix)));
+  const desired = desiredOf(prefix, inputs, t?.generation);
+  const liveChildren = live.map((v) => liveOf(v, prefix));
+  const plan = planPool(desired, liveChildren);
   const metadataChanged = olds.metadata !== undefined && !same(olds.metadata, inputs.metadata);
-  const lines = describePlan(plan, desired, metadataChanged);
+  const lines = describePlan(plan, desired, metadataChanged, liveChildren);
+  if (!t) lines.push(`template ${inputs.template} is created in this deployment`);
   const problems = t ? templateProblems(t) : [];
-  if (problems.length) lines.push(`warning: template ${t.name} is broken (${problems.join("; ")}): forks will fail`);
+  if (problems.length) lines.push(`warning: template ${t!.name} is broken (${problems.join("; ")}): forks will fail`);
   return lines;
 }
 
@@ -269,8 +270,9 @@ async function reconcile(id: string, inputs: Props, previous: Props, metadataCha
   const engine = openEngine(report, false);
   const t = engine.template(inputs.template);
   const desired = desiredOf(id, inputs, t.generation);
-  const plan: PoolPlan = planPool(desired, poolChildren(engine, id, knownNames(previous)).map((v) => liveOf(v, id)));
-  const lines = describePlan(plan, desired, metadataChanged);
+  const live = poolChildren(engine, id, knownNames(previous)).map((v) => liveOf(v, id));
+  const plan: PoolPlan = planPool(desired, live);
+  const lines = describePlan(plan, desired, metadataChanged, live);
   report.info(lines.length ? lines.join("; ") : `${inputs.size} children up to date`);
 
   const errors: string[] = [];

@@ -3,7 +3,8 @@
 // drives each dynamic resource through Pulumi's own dynamic-provider host as the CLI would:
 // Check → Create, or Check → Diff → Update / replace (create first unless deleteBeforeReplace),
 // then deletes what the program no longer declares, in reverse order. State is a JSON file.
-// Only what forkvm programs use: dynamic resources, stack outputs; no config, no parents' aliases.
+// Only what forkvm programs use: dynamic resources, stack outputs, plain config from
+// Pulumi.<stack>.yaml; no secrets, no aliases, no component resources of their own.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { defaultHome } from "../engine";
@@ -58,6 +59,22 @@ export function readProject(projectDir: string): { name: string; main: string } 
   const runtime = typeof doc.runtime === "string" ? doc.runtime : (doc.runtime as { name?: string })?.name;
   if (runtime !== "nodejs") throw new Error(`Cannot run ${projectDir}: runtime ${runtime} is not nodejs`);
   return { name: doc.name, main: path.resolve(projectDir, doc.main ?? "index.ts") };
+}
+
+/**
+ * The stack's configuration from Pulumi.<stack>.yaml, the file `pulumi config set` writes
+ * (plain values; a key without a namespace belongs to the project). Secrets need the CLI.
+ */
+export function stackConfig(projectDir: string, project: string, stack: string): Record<string, string> {
+  const file = path.join(projectDir, `Pulumi.${stack}.yaml`);
+  if (!fs.existsSync(file)) return {};
+  const doc = require("js-yaml").load(fs.readFileSync(file, "utf8")) as { config?: Record<string, unknown> } | undefined;
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(doc?.config ?? {})) {
+    if (v && typeof v === "object" && "secure" in (v as object)) throw new Error(`Cannot read ${file}: ${k} is a secret; secrets need the Pulumi CLI`);
+    out[k.includes(":") ? k : `${project}:${k}`] = typeof v === "string" ? v : JSON.stringify(v);
+  }
+  return out;
 }
 
 function loadState(file: string, project: string, stack: string): StackState {
@@ -238,6 +255,7 @@ export async function deploy(opts: DeployOptions): Promise<DeployResult> {
     };
 
     await pulumi.runtime.setMocks({ newResource, call: () => ({}) }, project.name, stackName, preview);
+    require("@pulumi/pulumi/runtime/config").setAllConfig(stackConfig(opts.projectDir, project.name, stackName), []);
     if (/\.ts$/.test(project.main)) {
       require("ts-node").register({ transpileOnly: true, project: fs.existsSync(path.join(opts.projectDir, "tsconfig.json")) ? path.join(opts.projectDir, "tsconfig.json") : undefined });
     }

@@ -109,8 +109,14 @@ export function planPool(d: DesiredPool, live: LiveChild[]): PoolPlan {
   return { remove, heal, add, batches, outdated };
 }
 
+/** Running children the plan leaves alone (they only get rewritten metadata, if it changed). */
+export function untouched(p: PoolPlan, live: LiveChild[], d: DesiredPool): LiveChild[] {
+  const moved = new Set([...p.remove, ...p.heal.map((h) => h.name), ...p.batches.flat()]);
+  return live.filter((c) => c.status === "running" && c.index <= d.size && !moved.has(c.name));
+}
+
 /** The plan in lines a user reads in a preview; empty when nothing is to be done. */
-export function describePlan(p: PoolPlan, d: DesiredPool, metadataChanged = false): string[] {
+export function describePlan(p: PoolPlan, d: DesiredPool, metadataChanged = false, live: LiveChild[] = []): string[] {
   const lines: string[] = [];
   const list = (names: string[]) => (names.length > 6 ? `${names.slice(0, 6).join(", ")}, …` : names.join(", "));
   if (p.remove.length) lines.push(`remove ${p.remove.length} (${list(p.remove)})`);
@@ -121,6 +127,7 @@ export function describePlan(p: PoolPlan, d: DesiredPool, metadataChanged = fals
     const first = p.outdated[rolled[0]];
     lines.push(`roll ${rolled.length} (${first}) in ${p.batches.length} batch${p.batches.length > 1 ? "es" : ""} of at most ${p.batches[0].length}`);
   }
-  if (metadataChanged) lines.push("rewrite /etc/forkvm/metadata in every child");
+  const rewrite = metadataChanged ? untouched(p, live, d).length : 0;
+  if (rewrite) lines.push(`rewrite /etc/forkvm/metadata in ${rewrite} running ${rewrite === 1 ? "child" : "children"}`);
   return lines;
 }

@@ -112,7 +112,7 @@ poolChecks("a valid pool gets a name prefix, an estimate from the template's sha
   assert.match(r.inputs.namePrefix, /^web-pool-[0-9a-f]{4}$/);
   assert.is(r.inputs.estimate.basis, "model");
   assert.is(r.inputs.estimate.memory.sharedMiB, 256);
-  assert.equal(r.inputs.plan, ["fork 3 children from template t (created in this deployment)"]);
+  assert.equal(r.inputs.plan, [`add 3 (${[1, 2, 3].map((i) => `${r.inputs.namePrefix}-${i}`).join(", ")})`, "template t is created in this deployment"]);
 }));
 
 poolChecks("negative size, a string size, a fractional size each name size", deadline(10_000, async () => {

@@ -115,7 +115,7 @@ test("each child answers on its own host port with its own metadata, served by t
 test("size 3 → 1 removes the highest children; a metadata change is written in place", deadline(60_000, async () => {
   const news = { ...s.pool.news, size: 1, metadata: { GREETING: "bonjour from {hostname}" } };
   const inputs = await checked(pool, s.pool.inputs, news);
-  assert.equal(inputs.plan, [`remove 2 (${s.pool.id}-3, ${s.pool.id}-2)`, "rewrite /etc/forkvm/metadata in every child"]);
+  assert.equal(inputs.plan, [`remove 2 (${s.pool.id}-3, ${s.pool.id}-2)`, "rewrite /etc/forkvm/metadata in 1 running child"]);
   const { outs } = await pool.update(s.pool.id, s.pool.outs, inputs);
   assert.equal(outs.children.map((c: Props) => c.name), [`${s.pool.id}-1`]);
   assert.is(outs.children[0].vmId, s.pool.outs.children[0].vmId, "kept, not re-forked");
