@@ -79,6 +79,7 @@ class Channel {
   private chunks: Buffer[] = [];
   private size = 0;
   private writes: Promise<void>[] = [];
+  private readonly destroyed: Promise<void>;
   onLine: (line: Buffer) => void = () => {};
   onFailure: (err: ForkvmError) => void = () => {};
 
@@ -95,6 +96,7 @@ class Channel {
     }
     this.rx = new net.Socket({ fd: rxFd, readable: true, writable: false });
     this.tx = new net.Socket({ fd: txFd, readable: false, writable: true });
+    this.destroyed = new Promise((r) => this.tx.once("close", () => r()));
     this.rx.on("data", (b: Buffer) => this.take(b));
     // No writer left on <base>.out: QEMU (which holds it open read-write) is gone.
     this.rx.on("end", () => this.onFailure(new ForkvmError("AGENT", "the agent channel was closed: QEMU is not running", { details: { reason: "closed" } })));
@@ -117,9 +119,15 @@ class Channel {
     this.rx.destroy();
     if (this.writes.length) {
       let timer: NodeJS.Timeout | undefined;
-      await Promise.race([Promise.all(this.writes), new Promise((r) => (timer = setTimeout(r, graceMs)))]);
+      await Promise.race([Promise.all(this.writes), new Promise((r) => (timer = setTimeout(r, graceMs))), this.destroyed]);
       clearTimeout(timer);
     }
+    this.tx.destroy();
+  }
+
+  /** Closes both ends at once, even with a request half-written. */
+  destroy(): void {
+    this.rx.destroy();
     this.tx.destroy();
   }
 
@@ -211,8 +219,9 @@ export class AgentClient {
     const until = t0 + deadlineMs;
     const what = `wait for the agent (agent ${this.base})`;
     const dead = () => new ForkvmError("AGENT", `Cannot ${what}: the VM is not running`, { details: { op: "ping", vm: this.base } });
-    return this.serial(async () => {
+    return this.serial(async (hold) => {
       const release = await this.lock(until, what);
+      let closed: Promise<void> = Promise.resolve();
       try {
         for (;;) {
           if (isAlive && !isAlive()) throw dead();
@@ -227,7 +236,7 @@ export class AgentClient {
           }
           const ids = new Set<string>();
           try {
-            const version = await this.converse(ch, what, "ping", until, {
+            const call = this.converse(ch, what, "ping", until, {
               ids,
               start: (send, fail) => {
                 ids.add(send("ping"));
@@ -240,11 +249,14 @@ export class AgentClient {
               },
               parse: (fields) => PingFields.parse(fields)[1],
             });
+            closed = call.closed;
+            const version = await call.result;
             this.log.log("debug", "agent ready", { version, waitedMs: Date.now() - t0 });
             return Date.now() - t0;
           } catch (err) {
             // EOF on <base>.out before QEMU opened it: try again; anything else is final.
             if (err instanceof ForkvmError && err.details.reason === "closed" && !this.closed) {
+              await closed;
               await sleep(50);
               continue;
             }
@@ -252,7 +264,7 @@ export class AgentClient {
           }
         }
       } finally {
-        await release();
+        hold(closed.then(release));
       }
     });
   }
@@ -313,10 +325,16 @@ export class AgentClient {
     });
   }
 
-  /** Ends every call in flight (they fail with AGENT) and refuses new ones. */
+  /**
+   * Ends every call in flight (they fail with AGENT) and refuses new ones. Closes the FIFOs at
+   * once, even under a request still being written.
+   */
   close(): void {
     this.closed = true;
-    for (const ch of this.active) ch.onFailure(new ForkvmError("AGENT", "the client was closed", { details: { reason: "client-closed" } }));
+    for (const ch of this.active) {
+      ch.onFailure(new ForkvmError("AGENT", "the client was closed", { details: { reason: "client-closed" } }));
+      ch.destroy();
+    }
   }
 
   // -------------------------------------------------------------------------------------------
@@ -324,9 +342,10 @@ export class AgentClient {
   /** One request and its reply: `op` names the operation, `action` says what it does. */
   private call<T>(op: string, action: string, deadlineMs: number, conv: Conversation<T>): Promise<T> {
     const what = `${action} (agent ${this.base})`;
-    return this.serial(async () => {
+    return this.serial(async (hold) => {
       const until = Date.now() + deadlineMs;
       const release = await this.lock(until, what);
+      let closed: Promise<void> = Promise.resolve();
       try {
         let ch: Channel;
         try {
@@ -336,18 +355,25 @@ export class AgentClient {
           const why = code === "ENXIO" ? "QEMU has not opened the agent channel (not running?)" : code === "ENOENT" ? "the agent FIFOs do not exist" : messageOf(err);
           throw new ForkvmError("AGENT", `Cannot ${what}: ${why}`, { cause: err, details: { op, vm: this.base } });
         }
-        return await this.converse(ch, what, op, until, conv);
+        const call = this.converse(ch, what, op, until, conv);
+        closed = call.closed;
+        return await call.result;
       } finally {
-        await release();
+        hold(closed.then(release));
       }
     });
   }
 
-  /** Runs `fn` after every earlier call of this client has finished. */
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` after every earlier call of this client has finished. `fn` may `hold` the slot
+   * past its own result (a request still being written, the lock): the caller gets its answer
+   * or error at once, the next call waits.
+   */
+  private serial<T>(fn: (hold: (until: Promise<unknown>) => void) => Promise<T>): Promise<T> {
     if (this.closed) return Promise.reject(new ForkvmError("AGENT", `Cannot call the agent of ${this.base}: the client was closed`));
-    const run = this.queue.then(fn, fn);
-    this.queue = run.catch(() => undefined);
+    let held: Promise<unknown> = Promise.resolve();
+    const run = this.queue.then(() => fn((p) => (held = p)));
+    this.queue = run.then(() => held, () => held).catch(() => undefined);
     return run;
   }
 
@@ -356,8 +382,13 @@ export class AgentClient {
     return new Channel(this.base);
   }
 
-  /** Sends the request(s) and waits for the reply with one of the call's ids, until `until`. */
-  private converse<T>(ch: Channel, what: string, op: string, until: number, conv: Conversation<T>): Promise<T> {
+  /**
+   * Sends the request(s) and waits for the reply with one of the call's ids, until `until`.
+   * `result` settles at the reply or the deadline; `closed` once the channel is closed, which
+   * waits (at most WRITE_DRAIN_MS) for the request to be written whole: a request abandoned
+   * half-written would be glued to the next one.
+   */
+  private converse<T>(ch: Channel, what: string, op: string, until: number, conv: Conversation<T>): { result: Promise<T>; closed: Promise<void> } {
     this.active.add(ch);
     const started = Date.now();
     let timer: NodeJS.Timeout | undefined;
@@ -412,24 +443,15 @@ export class AgentClient {
         finish(err);
       }
     });
-    const cleanup = () => {
+    const closed = result.then(
+      () => undefined,
+      () => undefined,
+    ).then(() => {
       clearTimeout(timer);
       stop?.();
-      this.active.delete(ch);
-      return ch.close(WRITE_DRAIN_MS);
-    };
-    // Settle the caller first; the channel (and with it the lock and queue) is released once
-    // the request is fully written.
-    return result.then(
-      async (v) => {
-        await cleanup();
-        return v;
-      },
-      async (e) => {
-        await cleanup();
-        throw e;
-      },
-    );
+      return ch.close(WRITE_DRAIN_MS).finally(() => this.active.delete(ch));
+    });
+    return { result, closed };
   }
 
   private async lock(until: number, what: string): Promise<() => Promise<void>> {
