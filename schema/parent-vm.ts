@@ -14,7 +14,7 @@ export const ParentForward = z
 export const ParentVmInputs = z
   .object({
     name: VmName.optional().describe("The VM's name in the engine (and its hostname). Default: the resource name plus a random suffix; a pinned name is deleted before it is replaced."),
-    image: z.string().min(1).default("default").describe("A guest image built with `forkvm image build` (see `forkvm image ls`)."),
+    image: z.string().min(1).default("default").describe("A guest image built with `forkvm image build`."),
     kernel: z.string().min(1).optional().describe("Bring your own kernel instead of the image (with `initrd`)."),
     initrd: z.string().min(1).optional().describe("Bring your own initramfs instead of the image (with `kernel`)."),
     cmdline: z.string().optional().describe("Kernel command line; default: the image's."),
