@@ -30,8 +30,8 @@ let link: EngineLink | undefined | null;
 export function engineAddress(argv = process.argv, env = process.env): string | undefined {
   if (env.FORKVM_PULUMI_ENGINE) return env.FORKVM_PULUMI_ENGINE;
   const i = argv.findIndex((a) => /[\\/]cmd[\\/]dynamic-provider([\\/]index(\.js)?)?$/.test(a));
-  const addr = i >= 0 ? argv[i + 1] : undefined;
-  return addr && /^[\w.-]+:\d+$/.test(addr) ? addr : undefined;
+  // The CLI may put flags (-v=9, --logtostderr, --tracing ...) before the address.
+  return i >= 0 ? argv.slice(i + 1).find((a) => /^[\w.-]+:\d+$/.test(a)) : undefined;
 }
 
 function engineLink(): EngineLink | undefined {
