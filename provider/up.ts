@@ -40,6 +40,23 @@ async function ensureImage(): Promise<void> {
   }
 }
 
+/**
+ * An example depends on this package as "forkvm": "file:../..". Without `npm install` in its
+ * directory, link it the way npm would, so the program and the provider host find `forkvm`.
+ */
+function linkThisPackage(projectDir: string): void {
+  const pkgFile = path.join(projectDir, "package.json");
+  if (projectDir === PACKAGE_ROOT || !fs.existsSync(pkgFile)) return;
+  const spec = JSON.parse(fs.readFileSync(pkgFile, "utf8")).dependencies?.forkvm;
+  if (typeof spec !== "string" || !spec.startsWith("file:") || path.resolve(projectDir, spec.slice(5)) !== PACKAGE_ROOT) return;
+  const link = path.join(projectDir, "node_modules", "forkvm");
+  if (fs.existsSync(path.join(link, "package.json"))) return;
+  console.log(`linking ${path.relative(process.cwd(), link)} → ${PACKAGE_ROOT} (what npm install does for "${spec}")`);
+  fs.mkdirSync(path.dirname(link), { recursive: true });
+  fs.rmSync(link, { force: true });
+  fs.symlinkSync(path.relative(path.dirname(link), PACKAGE_ROOT), link);
+}
+
 /** Runs the Pulumi CLI on a file backend under the forkvm home. Returns its exit code. */
 function withCli(pulumi: string, projectDir: string, mode: Mode, stack: string, extra: string[]): number {
   const backend = path.join(defaultHome(), "pulumi");
@@ -59,6 +76,7 @@ async function main(argv: string[]): Promise<number> {
   const mode: Mode = rest.includes("--preview") ? "preview" : rest.includes("--destroy") ? "destroy" : rest.includes("--refresh") ? "refresh" : "up";
   const projectDir = path.resolve(rest.find((a) => !a.startsWith("--")) ?? PACKAGE_ROOT);
   readProject(projectDir);
+  linkThisPackage(projectDir);
   if (mode !== "destroy") await ensureImage();
   const pulumi = process.env.FORKVM_NO_PULUMI_CLI ? undefined : onPath("pulumi");
   if (pulumi) return withCli(pulumi, projectDir, mode, stack, rest.filter((a) => a.startsWith("--") && !["--preview", "--destroy", "--refresh"].includes(a)));
