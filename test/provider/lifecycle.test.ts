@@ -49,6 +49,15 @@ test("the serialised providers hold no copy of the engine, only a load by packag
   }
 });
 
+test("bad inputs come back from the host as check failures naming the property", deadline(20_000, async () => {
+  const parent = await host.check(URN.parent, {}, { memoryMiB: 64, vcpus: "2", colour: "blue", __provider: prov.parent });
+  assert.equal(parent.failures.map((f) => f.property).sort(), ["colour", "vcpus"]);
+  const small = await host.check(URN.parent, {}, { memoryMiB: 64, __provider: prov.parent });
+  assert.match(small.failures.map((f) => `${f.property}: ${f.reason}`).join(), /memoryMiB: must be at least \d+: image default needs/);
+  const pool = await host.check(URN.pool, {}, { template: "t", size: -1, updatePolicy: { maxUnavailable: 0 }, __provider: prov.pool });
+  assert.equal(pool.failures.map((f) => f.property).sort(), ["size", "updatePolicy.maxUnavailable"]);
+}));
+
 test("Check then Create boot a parent with its init commands", deadline(120_000, async () => {
   const news = { memoryMiB: 192, init: ["echo warm > /tmp/state"], __logicalName: "web", __urn: URN.parent, __provider: prov.parent };
   const inputs = await checkOk(URN.parent, {}, news);
