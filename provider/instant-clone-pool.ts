@@ -117,10 +117,6 @@ export function outputsOf(engine: Engine, prefix: string, inputs: Props, previou
 // ---------------------------------------------------------------------------------------------
 // check: validation, estimate, plan
 
-function memAvailable(): number | undefined {
-  return hostFreeMiB();
-}
-
 function validateMore(inputs: Props): CheckFailure[] {
   const failures: CheckFailure[] = [];
   const size = typeof inputs.size === "number" ? inputs.size : 0;
@@ -187,11 +183,11 @@ export async function check(olds: Props = {}, news: Props = {}): Promise<{ input
       persistent: inputs.persistent,
       shape,
       measuredPrivateMiB: stats.length ? stats.reduce((s, x) => s + x.privateMiB, 0) / stats.length : undefined,
-      hostFreeMiB: memAvailable(),
+      hostFreeMiB: hostFreeMiB(),
       existingMiB: existing.reduce((s, x) => s + x.privateMiB, 0) + (existing.length ? shape.memoryMiB : 0),
     });
   } else {
-    inputs.estimate = estimate({ size, persistent: inputs.persistent === true, hostFreeMiB: memAvailable() });
+    inputs.estimate = estimate({ size, persistent: inputs.persistent === true, hostFreeMiB: hostFreeMiB() });
   }
   inputs.plan = planLines(inputs, prefix, t, live, olds);
   return { inputs: clean(inputs), failures };

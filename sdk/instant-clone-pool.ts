@@ -50,8 +50,7 @@ export class InstantClonePool extends pulumi.dynamic.Resource {
     // come from check, so they are known before anything runs) and during up.
     pulumi.all([this.estimate, this.plan]).apply(([estimate, plan]) => {
       if (!estimate) return;
-      const prefix = pulumi.runtime.isDryRun() ? "estimate" : "fleet";
-      void pulumi.log.info(`${prefix}: ${estimate.summary}`, this);
+      void pulumi.log.info(`estimate: ${estimate.summary}`, this);
       for (const w of estimate.warnings ?? []) void pulumi.log.warn(w, this);
       if (plan?.length) void pulumi.log.info(`plan: ${plan.join("; ")}`, this);
     });

@@ -38,7 +38,7 @@ test("under mocks: a parent, a frozen template of it, a non-persistent pool of 4
   assert.ok(parent.init.length === 2);
   assert.equal(r.outputs.runnerNames, [1, 2, 3, 4].map((i) => `runners-mock-${i}`));
   assert.is(r.outputs.runAJob, "npm run job -- runners-mock-1 uname -a");
-  assert.ok(r.logs.some((l) => l.includes("fleet: mock estimate")), "the pool logs its estimate on itself");
+  assert.ok(r.logs.some((l) => l.includes("estimate: mock estimate")), "the pool logs its estimate on itself");
 }));
 
 test("the serialised providers load and check cleanly in a fresh host started in the example's directory", deadline(30_000, async () => {
