@@ -2,13 +2,14 @@
 // a qcow2 delta disk each, device state from the checkpoint, then a new identity in this order:
 // load → cont → hostname, MAC, clock, RNG reseed, machine-id (vmgenid also reseeds the kernel).
 import * as fs from "node:fs";
+import * as net from "node:net";
 import * as path from "node:path";
 import { createHash, randomBytes } from "node:crypto";
 import { z } from "zod";
 import { ForkvmError, messageOf } from "./errors";
 import type { Ctx } from "./context";
 import { Name, type TemplateManifest, type VmManifest } from "./manifest";
-import { copyDisk, createDisk, isAlive, killQemu } from "./qemu/process";
+import { copyDisk, createDisk, isAlive, killQemu, run } from "./qemu/process";
 import { parseArgs } from "./validate";
 import { ForwardSpec, resolveForwards } from "./parent";
 import { Undo } from "./undo";
@@ -39,8 +40,11 @@ export interface ForkResult {
   failed: Array<{ name: string; error: ForkvmError }>;
 }
 
-/** Reads the template and checks its files are whole (memory size, checkpoint checksum). */
-export function checkTemplate(t: TemplateManifest): void {
+/**
+ * Reads the template and checks its files are whole (memory size, checkpoint checksum).
+ * Returns the checkpoint it checked: children load exactly these bytes.
+ */
+export function checkTemplate(t: TemplateManifest): Buffer {
   const mem = fs.statSync(t.memoryPath, { throwIfNoEntry: false });
   if (!mem || mem.size < t.shape.memoryMiB * 1048576) {
     throw new ForkvmError("STATE", `Cannot fork template ${t.name}: memory image ${t.memoryPath} is ${mem ? "truncated" : "missing"}`);
@@ -50,6 +54,37 @@ export function checkTemplate(t: TemplateManifest): void {
     throw new ForkvmError("STATE", `Cannot fork template ${t.name}: checkpoint ${t.statePath} does not match its checksum`);
   }
   if (t.diskPath && !fs.existsSync(t.diskPath)) throw new ForkvmError("STATE", `Cannot fork template ${t.name}: base disk ${t.diskPath} is missing`);
+  return state;
+}
+
+/** Where a template keeps an empty delta disk on its base: every child's starts as a copy of it. */
+export function overlayPrototypePath(t: TemplateManifest): string {
+  return path.join(path.dirname(t.statePath), "overlay.qcow2");
+}
+
+/**
+ * Makes the template's empty overlay once (qemu-img), so that a child's delta disk is a file copy
+ * (~0.1 ms) instead of a qemu-img process (~15 ms). An empty qcow2 overlay does not depend on its
+ * own path, only on the backing file's. Written to a temp name and renamed: never seen half-made.
+ */
+export async function ensureOverlayPrototype(t: TemplateManifest): Promise<string | undefined> {
+  if (!t.diskPath) return undefined;
+  const proto = overlayPrototypePath(t);
+  if (fs.existsSync(proto)) return proto;
+  const tmp = `${proto}.${process.pid}.${randomBytes(3).toString("hex")}`;
+  try {
+    await createDisk(tmp, { backing: t.diskPath });
+    fs.renameSync(tmp, proto);
+  } finally {
+    fs.rmSync(tmp, { force: true });
+  }
+  return proto;
+}
+
+/** Creates the agent FIFOs of many VM directories with one mkfifo process (~8 ms instead of 17 ms each). */
+async function createFifos(dirs: string[]): Promise<void> {
+  const paths = dirs.flatMap((d) => [`${d}/agent.in`, `${d}/agent.out`]).filter((p) => !fs.existsSync(p));
+  if (paths.length) await run("mkfifo", ["-m", "600", ...paths], { what: "create agent FIFOs" });
 }
 
 /** Where a child's delta disk lives: its directory (persistent) or tmpfs (discarded on stop). */
@@ -65,7 +100,7 @@ export async function forkChildren(ctx: Ctx, input: ForkArgs): Promise<ForkResul
   const args = parseArgs(ForkArgs, input, "fork");
   const { store } = ctx;
   const t = store.getTemplate(args.template);
-  checkTemplate(t);
+  const state = checkTemplate(t);
   const total = args.names?.length ?? args.count;
   // Reserve names and write `creating` manifests under the template's lock, so that a
   // concurrent `rm template` sees these children.
@@ -98,6 +133,8 @@ export async function forkChildren(ctx: Ctx, input: ForkArgs): Promise<ForkResul
     return vms;
   });
 
+  if (args.clone === "linked" && !args.persistent) await ensureOverlayPrototype(t);
+  await createFifos(planned.map((vm) => store.dir("vms", vm.name))).catch((err) => ctx.log.log("warn", `${messageOf(err)}; each child makes its own`));
   const result: ForkResult = { children: [], failed: [] };
   let next = 0;
   const worker = async () => {
@@ -106,7 +143,7 @@ export async function forkChildren(ctx: Ctx, input: ForkArgs): Promise<ForkResul
       const undo = new Undo(ctx.log);
       undo.push("remove VM", () => store.remove("vms", vm.name));
       try {
-        await forkInto(ctx, t, vm, args.readyTimeoutS * 1000, undo);
+        await forkInto(ctx, t, vm, args.readyTimeoutS * 1000, undo, state);
         vm.state = "running";
         store.writeVm(vm);
         undo.commit();
@@ -128,16 +165,19 @@ export async function forkChildren(ctx: Ctx, input: ForkArgs): Promise<ForkResul
 /**
  * Starts one forked instance of `t` for `vm` (new or existing: reset and start use it too):
  * a fresh delta disk, QEMU waiting for the checkpoint, load, cont, identity.
- * Updates vm.pid, vm.token, vm.timings and the manifest.
+ * Updates vm.pid, vm.token, vm.timings and the manifest. `state` is the checkpoint if the caller
+ * has already read and checked it.
  */
-export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, readyDeadlineMs: number, undo: Undo): Promise<void> {
+export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, readyDeadlineMs: number, undo: Undo, state?: Buffer): Promise<void> {
   const dir = ctx.store.dir("vms", vm.name);
   const t0 = process.hrtime.bigint();
   const ms = () => Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100;
   const full = vm.clone === "full";
   if (vm.diskPath) {
     fs.rmSync(vm.diskPath, { force: true });
+    const proto = overlayPrototypePath(t);
     if (full) await copyDisk(t.diskPath!, vm.diskPath);
+    else if (fs.existsSync(proto)) fs.copyFileSync(proto, vm.diskPath);
     else await createDisk(vm.diskPath, { backing: t.diskPath });
     const disk = vm.diskPath;
     if (!vm.persistent) undo.push("remove delta disk", () => fs.rmSync(disk, { force: true }));
@@ -165,15 +205,25 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
   vm.pid = pid;
   ctx.store.writeVm(vm);
   const spawnMs = ms();
+  const sock = path.join(dir, "migrate.sock");
+  let loadedMs = 0;
   try {
     await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: true }] });
-    await qmp.execute("migrate-incoming", { uri: `exec:cat '${t.statePath.replace(/'/g, "'\\''")}'` });
+    // The checkpoint goes from here into QEMU's socket: no `exec:cat` (a shell and a cat forked
+    // off QEMU's large address space), ~10 ms less per child.
+    fs.rmSync(sock, { force: true });
+    await qmp.execute("migrate-incoming", { uri: `unix:${sock}` });
+    const sent = sendCheckpoint(sock, state ?? fs.readFileSync(t.statePath));
+    sent.catch(() => undefined); // QEMU's own failure (below) says more; the send is awaited after
     await waitStatus(qmp, ["paused", "running"], 30_000, () => isAlive(pid, token), `load the checkpoint into ${vm.name}`);
+    await sent;
+    loadedMs = ms();
     await qmp.execute("cont");
   } catch (err) {
     throw qemuFailure(dir, `fork ${vm.name} from template ${t.name}`, err);
   } finally {
     qmp.close();
+    fs.rmSync(sock, { force: true });
   }
   const runningMs = ms();
   const agent = agentFor(dir);
@@ -186,5 +236,14 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
   } finally {
     agent.close();
   }
-  vm.timings = { diskMs, ...(full ? { copyMs } : {}), spawnMs, runningMs, readyMs: ms() };
+  vm.timings = { diskMs, ...(full ? { copyMs } : {}), spawnMs, loadedMs, runningMs, readyMs: ms() };
+}
+
+/** Writes a checkpoint into QEMU's incoming migration socket and closes it. */
+function sendCheckpoint(sock: string, state: Buffer): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const s = net.createConnection(sock, () => s.end(state));
+    s.once("error", (err) => reject(new ForkvmError("MIGRATION", `Cannot send the checkpoint to ${sock}: ${err.message}`, { cause: err })));
+    s.once("close", (hadError) => { if (!hadError) resolve(); });
+  });
 }

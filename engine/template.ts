@@ -15,6 +15,7 @@ import { Qmp } from "./qemu/qmp";
 import { vmPaths } from "./qemu/argv";
 import { parseArgs } from "./validate";
 import { Undo } from "./undo";
+import { ensureOverlayPrototype } from "./fork";
 import { newToken, qemuFailure, quitInstance, requireAlive, startInstance, waitMigration, waitStatus } from "./vm";
 
 export const TemplateArgs = z.object({
@@ -65,6 +66,7 @@ export async function createTemplate(ctx: Ctx, input: TemplateArgs): Promise<Tem
       makeReadOnly(t.memoryPath);
       makeReadOnly(t.statePath);
       makeReadOnly(t.diskPath);
+      await ensureOverlayPrototype(t); // children's delta disks are copies of it
       store.writeTemplate(t);
       undo.commit();
       ctx.log.log("info", "template created", { template: t.name, generation: t.generation, ...t.timings });
