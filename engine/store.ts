@@ -67,13 +67,21 @@ export class Store {
     if (Buffer.byteLength(path.join(dir, "console.sock")) > 107) {
       throw new ForkvmError("INVALID_ARGUMENT", `Cannot use name "${name}": state path ${dir} is too long for unix sockets; set FORKVM_HOME to a shorter path`, { details: { field: "name" } });
     }
+    const taken = (by: Kind) =>
+      new ForkvmError("ALREADY_EXISTS", `Cannot create ${kind === "vms" ? "VM" : "template"} ${name}: the name is taken by a ${by === "vms" ? "VM" : "template"}`, { details: { field: "name" } });
+    // VMs and templates share one namespace, so a name always means one object (rm, inspect).
+    const other: Kind = kind === "vms" ? "templates" : "vms";
+    if (this.exists(other, name)) throw taken(other);
     try {
       fs.mkdirSync(dir, { mode: 0o700 });
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "EEXIST") {
-        throw new ForkvmError("ALREADY_EXISTS", `Cannot create ${kind === "vms" ? "VM" : "template"} ${name}: the name is taken`, { details: { field: "name" } });
-      }
+      if ((err as NodeJS.ErrnoException).code === "EEXIST") throw taken(kind);
       throw err;
+    }
+    // A concurrent reservation of the same name in the other kind: both back off, neither wins twice.
+    if (this.exists(other, name)) {
+      fs.rmdirSync(dir);
+      throw taken(other);
     }
     return dir;
   }

@@ -23,6 +23,15 @@ test("a name is reserved once; a second reservation says the name is taken", () 
   assert.is(err?.code, "ALREADY_EXISTS");
 });
 
+test("VMs and templates share one namespace", () => {
+  const s = new Store(tmp(), tmp());
+  s.reserve("templates", "web");
+  const err = (() => { try { s.reserve("vms", "web"); } catch (e) { return e as ForkvmError; } })();
+  assert.is(err?.code, "ALREADY_EXISTS");
+  assert.match(err!.message, /taken by a template/);
+  assert.not.ok(s.exists("vms", "web"));
+});
+
 test("bad names are refused naming the rule", () => {
   const s = new Store(tmp(), tmp());
   for (const bad of ["", "Web", "a b", "../x", "-x", "x".repeat(64)]) {
