@@ -6,7 +6,7 @@ import { Store, defaultHome, defaultMemDir } from "./store";
 import { createParent, type ParentArgs } from "./parent";
 import { createTemplate, type TemplateArgs } from "./template";
 import { forkChildren, type ForkArgs, type ForkResult } from "./fork";
-import { childrenOf, execVm, gc, info, remove, resetVm, startVm, stopVm, type RemoveResult, type VmInfo } from "./lifecycle";
+import { childrenOf, execVm, gc, info, remove, resetVm, setMetadata, startVm, stopVm, type RemoveResult, type VmInfo } from "./lifecycle";
 import { memoryStats, type MemoryStats } from "./stats";
 import type { TemplateManifest } from "./manifest";
 import { ForkvmError } from "./errors";
@@ -76,6 +76,11 @@ export class Engine {
 
   exec(name: string, argv: string[], opts?: { stdin?: Buffer | string; timeoutMs?: number }) {
     return execVm(this.ctx, name, argv, opts);
+  }
+
+  /** Replaces a VM's metadata (manifest and, when running, /etc/forkvm/metadata{,.json} in the guest). */
+  setMetadata(name: string, metadata: Record<string, string>): Promise<VmInfo> {
+    return setMetadata(this.ctx, name, metadata);
   }
 
   stop(name: string): Promise<VmInfo> {

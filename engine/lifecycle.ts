@@ -12,6 +12,7 @@ import { bootVm } from "./parent";
 import { checkTemplate, forkInto } from "./fork";
 import { Undo } from "./undo";
 import { agentFor, requireAlive } from "./vm";
+import { writeMetadata } from "./metadata";
 
 export type VmStatus = "creating" | "running" | "stopped" | "crashed" | "consumed";
 
@@ -117,6 +118,23 @@ export async function resetVm(ctx: Ctx, name: string, deadlineMs = 60_000): Prom
       throw err;
     }
     vm.state = "running";
+    store.writeVm(vm);
+    return info(vm);
+  });
+}
+
+/**
+ * Replaces a VM's metadata: in its manifest, and in the guest when it runs (a stopped VM gets it
+ * at its next start). Throws NOT_FOUND, INVALID_ARGUMENT (a bad key) or AGENT.
+ */
+export async function setMetadata(ctx: Ctx, name: string, metadata: Record<string, string>): Promise<VmInfo> {
+  const { store } = ctx;
+  return store.withLock("vms", name, async () => {
+    const vm = { ...store.getVm(name), metadata };
+    if (isAlive(vm.pid, vm.token)) {
+      const agent = agentFor(store.dir("vms", name));
+      try { await writeMetadata(agent, metadata); } finally { agent.close(); }
+    }
     store.writeVm(vm);
     return info(vm);
   });
