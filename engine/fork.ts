@@ -57,6 +57,13 @@ export function checkTemplate(t: TemplateManifest): Buffer {
   return state;
 }
 
+/**
+ * A child's TCG translation buffer (MiB). QEMU 7.2 reserves 1 GiB and keeps every block it ever
+ * translated, so a long-lived child's private memory only grows; 32 MiB (QEMU's default before
+ * 5.2) bounds it. A child's fork and identity step translate ~12 MiB, so forks never flush.
+ */
+export const CHILD_TB_SIZE_MIB = 32;
+
 /** Where a template keeps an empty delta disk on its base: every child's starts as a copy of it. */
 export function overlayPrototypePath(t: TemplateManifest): string {
   return path.join(path.dirname(t.statePath), "overlay.qcow2");
@@ -200,6 +207,7 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
   const token = vm.token;
   const { pid, qmp } = await startInstance(t.shape, {
     token, dir, memory: { path: vm.memoryPath, share: full }, diskPath: vm.diskPath, mac: vm.mac, forwards: vm.forwards, incoming: true,
+    tbSizeMiB: CHILD_TB_SIZE_MIB,
   });
   undo.push("kill QEMU", () => killQemu(pid, token, 500));
   vm.pid = pid;

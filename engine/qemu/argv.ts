@@ -44,6 +44,8 @@ export interface InstanceSpec {
   incoming?: boolean;
   /** Keep the guest paused until `cont` (-S). */
   paused?: boolean;
+  /** TCG only: the translation buffer in MiB (QEMU's default is 1 GiB, grown as code is translated). */
+  tbSizeMiB?: number;
 }
 
 export const AGENT_PORT_NAME = "org.forkvm.agent";
@@ -75,7 +77,7 @@ export function machineArgs(shape: MachineShape, inst: InstanceSpec): string[] {
   const args = [
     "-name", `${processName(inst.token)},debug-threads=off`,
     "-nodefaults", "-no-user-config", "-display", "none",
-    "-accel", shape.accel,
+    "-accel", shape.accel === "tcg" && inst.tbSizeMiB ? `tcg,tb-size=${inst.tbSizeMiB}` : shape.accel,
     "-machine", `${shape.machine},memory-backend=mem`,
   ];
   if (shape.cpu) args.push("-cpu", shape.cpu);

@@ -42,4 +42,11 @@ test("a machine without disk or NIC has neither device", () => {
   assert.not.ok(argv.some((a) => a.startsWith("virtio-blk") || a.startsWith("virtio-net")));
 });
 
+test("a TCG translation buffer size goes on -accel; KVM ignores it", () => {
+  const tcg = qemuArgv(shape, { token: "a", dir: "/s", memory: { path: "/m", share: false }, diskPath: "/d", incoming: true, tbSizeMiB: 32 });
+  assert.is(tcg[tcg.indexOf("-accel") + 1], "tcg,tb-size=32");
+  const kvm = qemuArgv({ ...shape, accel: "kvm" }, { token: "a", dir: "/s", memory: { path: "/m", share: false }, diskPath: "/d", incoming: true, tbSizeMiB: 32 });
+  assert.is(kvm[kvm.indexOf("-accel") + 1], "kvm");
+});
+
 test.run();
