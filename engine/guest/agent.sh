@@ -1,6 +1,6 @@
 #!/bin/sh
 # forkvm guest agent: answers one-line requests on a virtio-serial port. POSIX sh, needs only
-# busybox or coreutils (base64, dd, timeout, date, ip). Usage: agent.sh /dev/vportNpM
+# busybox or coreutils + awk (base64, dd, timeout, date, ip). Usage: agent.sh /dev/vportNpM
 # Request "<id> <op> <arg>..." (free-text args base64, "-" = empty); reply "<id> ok <fields>..."
 # or "<id> err <base64 message>". The agent never exits: EOF or errors re-open the port.
 
@@ -10,11 +10,20 @@ PATH=${PATH:-/usr/sbin:/usr/bin:/sbin:/bin}
 HOME=${HOME:-/root}
 export PATH HOME
 set -f # words of a request are never pathname-expanded
-umask 077
+umask 022 # what commands run by exec inherit; the work directory itself is 0700 (mktemp)
 
 log() { echo "forkvm-agent: $*" >&2; }
 
-# A private work directory on tmpfs for stdin, stdout, stderr and the reply being composed.
+# A private work directory on tmpfs for requests, stdin, stdout, stderr and the reply being
+# composed. Only one agent runs at a time (the port opens once), so earlier ones are litter,
+# and a reader left behind by an agent that was killed would keep the port busy.
+pidfile=/tmp/forkvm-agent.reader.pid
+old=$(cat "$pidfile" 2>/dev/null)
+# (Only if that pid still reads our port: pids get reused.)
+[ -n "$old" ] && [ "$(readlink "/proc/$old/fd/0" 2>/dev/null)" = "$port" ] && kill "$old" 2>/dev/null
+set +f
+rm -rf /tmp/forkvm-agent.?????? 2>/dev/null
+set -f
 work=
 while [ -z "$work" ]; do
   work=$(mktemp -d /tmp/forkvm-agent.XXXXXX 2>/dev/null || mktemp -d /run/forkvm-agent.XXXXXX 2>/dev/null)
@@ -46,11 +55,16 @@ do_exec() {
   in=$2
   shift 2
   case $t in '' | *[!0-9]*) reply_err "Cannot run exec: timeout '$t' is not a number of seconds"; return ;; esac
-  for a in "$in" "$@"; do
+  for a in "$@"; do
     is_b64 "$a" || { reply_err "Cannot run exec: an argument is not base64"; return; }
   done
+  [ "$in" = @ ] || is_b64 "$in" || { reply_err "Cannot run exec: stdin is not base64"; return; }
   inf=/dev/null
-  if [ "$in" != - ]; then
+  if [ "$in" = @ ] && [ -f "$reqfile.in" ]; then
+    # A large stdin: the reader set it aside, so the shell never holds it in a variable.
+    inf=$work/in
+    base64 -d <"$reqfile.in" >"$inf" 2>/dev/null || { reply_err "Cannot decode exec stdin: invalid base64"; return; }
+  elif [ "$in" != - ]; then
     inf=$work/in
     unb64 "$in" >"$inf" 2>/dev/null || { reply_err "Cannot decode exec stdin: invalid base64"; return; }
   fi
@@ -70,12 +84,12 @@ do_exec() {
     (
       cd / || :
       if [ "$t" -gt 0 ]; then exec timeout "$t" "$@"; else exec "$@"; fi
-    ) <"$inf" >"$work/out" 2>"$work/err" 3<&- 3>&-
+    ) <"$inf" >"$work/out" 2>"$work/err" 3<&- 3>&- 4<&-
     rc=$?
   } 2>/dev/null
   { printf '\n%s ok %s ' "$id" "$rc" && b64file "$work/out" && printf ' ' && b64file "$work/err" && printf '\n'; } >"$work/resp" &&
     send
-  rm -f "$work/in" "$work/out" "$work/err"
+  rm -f "$work/in" "$work/out" "$work/err" "$reqfile.in"
 }
 
 # identity <b64 hostname|-> <mac|-> <epochSeconds|-> <b64 seed|-> <machineId|->
@@ -156,14 +170,48 @@ handle() {
   esac
 }
 
+# The reader: awk splits the byte stream of the port (fd 3) into one file per request line and
+# names each file on the queue FIFO, in order. Buffered, so a 1 MiB request costs what its size
+# costs; the shell's `read` would make one system call per byte. It blocks in read() when idle.
+# The stdin of a large exec goes to a file of its own (the word becomes "@"), so the shell never
+# splits or copies it. mawk waits to fill whole blocks unless told -W interactive.
+awk_opts=
+case $(awk -W version 2>&1 </dev/null) in *mawk*) awk_opts="-W interactive" ;; esac
+start_reader() {
+  set +f
+  rm -f "$work/queue" "$work"/req.*
+  set -f
+  mkfifo "$work/queue" || return 1
+  # shellcheck disable=SC2086
+  awk $awk_opts -v d="$work" \
+    'length($0) {
+      f = d "/req." NR
+      if ($2 == "exec" && length($4) > 4096) { printf "%s", $4 > (f ".in"); close(f ".in"); $4 = "@" }
+      printf "%s\n", $0 > f; close(f); print f; fflush()
+    }' <&3 >"$work/queue" 2>/dev/null &
+  reader=$!
+  echo "$reader" >"$pidfile"
+  exec 4<"$work/queue" # returns once awk has its end open; EOF when awk ends
+}
+
 if [ -z "$port" ]; then log "usage: agent.sh /dev/vportNpM"; fi
 while :; do
   # `command exec` so a failed open returns an error instead of ending the shell.
   if [ -n "$port" ] && { command exec 3<>"$port"; } 2>/dev/null; then
-    echo "forkvm: agent ready" >&2
-    while IFS= read -r line <&3; do
-      handle "$line"
-    done
+    if start_reader; then
+      echo "forkvm: agent ready" >&2
+      while IFS= read -r f <&4; do
+        reqfile=$f
+        line=$(cat "$f" 2>/dev/null)
+        rm -f "$f"
+        handle "$line"
+        rm -f "$f.in"
+      done
+      kill "$reader" 2>/dev/null
+      exec 4<&-
+    else
+      log "cannot create the request queue in $work"
+    fi
     exec 3<&- 3>&-
   fi
   sleep 1

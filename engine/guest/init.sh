@@ -107,7 +107,7 @@ while :; do
   port=$(find_port)
   if [ -n "$port" ] && [ -c "$port" ]; then
     pause=1
-    sh /forkvm/agent.sh "$port" </dev/null >/dev/console 2>&1
+    $BB sh /forkvm/agent.sh "$port" </dev/null >/dev/console 2>&1
     sleep 1
   else
     sleep $pause
