@@ -255,6 +255,7 @@ export async function buildDefaultImage(opts: BuildOptions = {}): Promise<GuestI
   try {
     const done = upToDate();
     if (done) return done;
+    removeLeftovers(cache, name, log);
     return await build(cache, name, inputs, busybox.path, progress, log);
   } finally {
     await release().catch(() => {});
@@ -351,6 +352,21 @@ function safeReadManifest(dir: string, name: string): ImageManifest | undefined 
     return readManifest(dir, name);
   } catch {
     return undefined;
+  }
+}
+
+/** Work directories of builds that were killed (hundreds of MB each); called under the lock. */
+function removeLeftovers(cache: string, name: string, log: Logger): void {
+  const places: [string, RegExp][] = [
+    [cache, new RegExp(`^build-${name}-`)],
+    [path.join(cache, "images"), new RegExp(`^\\.${name}\\.old-`)],
+  ];
+  for (const [dir, re] of places) {
+    for (const f of fs.readdirSync(dir)) {
+      if (!re.test(f)) continue;
+      log.log("debug", "removing what an interrupted build left", { path: path.join(dir, f) });
+      fs.rmSync(path.join(dir, f), { recursive: true, force: true });
+    }
   }
 }
 
