@@ -55,6 +55,7 @@ async function main(): Promise<void> {
   const opts = parseOptions(process.argv.slice(2));
   const p = plan(opts.quick);
   const started = performance.now();
+  const load0 = os.loadavg()[0];
   const say = (msg: string) => process.stderr.write(`[bench ${((performance.now() - started) / 1000).toFixed(1).padStart(6)} s] ${msg}\n`);
 
   const home = fs.mkdtempSync(path.join(os.tmpdir(), "forkvm-bench-"));
@@ -108,6 +109,7 @@ async function main(): Promise<void> {
     const raw: Raw = {
       mode: opts.quick ? "quick" : "full", host, guestMemoryMiB: p.guestMiB, concurrency: opts.concurrency,
       coldBootMs, fullClones, forks, throughput: points, templates, memoryScaling, durationS: (performance.now() - started) / 1000,
+      loadAverage: { start: Math.round(load0 * 100) / 100, end: Math.round(os.loadavg()[0] * 100) / 100 },
     };
     const result = buildResult(raw);
     const text = renderText(result);

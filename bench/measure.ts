@@ -51,6 +51,8 @@ export async function removeAll(engine: Engine, names: string[], chunks = 8): Pr
 export interface TemplateRun {
   memoryMiB: number;
   parentBootMs: number;
+  /** How long the engine waited for the parent to go idle before taking the template. */
+  quiesceMs?: number;
   freezeMs: number;
   runningDowntimeMs?: number;
   runningQemuDowntimeMs?: number;
@@ -74,7 +76,7 @@ export async function makeTemplates(c: BenchCtx, memoryMiB: number): Promise<Tem
   c.say(`frozen template of ${p}`);
   const frozen = await c.engine.createTemplate({ name: `t${memoryMiB}`, parent: p, source: "frozen" });
   return {
-    memoryMiB, parentBootMs, freezeMs: frozen.timings.freezeMs,
+    memoryMiB, parentBootMs, quiesceMs: frozen.timings.quiesceMs, freezeMs: frozen.timings.freezeMs,
     runningDowntimeMs: live.timings.downtimeMs, runningQemuDowntimeMs: live.timings.qemuDowntimeMs,
     runningCaptureMs: live.timings.captureMs, runningBuildMs: live.timings.buildMs,
     streamMiB: live.timings.streamBytes !== undefined ? round(live.timings.streamBytes / 1048576) : undefined,
@@ -102,12 +104,25 @@ export interface ForkSample {
   runningMs: number;
   /** The engine's own phase timings of that child (from the start of its fork). */
   phases: Record<string, number>;
+  /** CPU time the child's QEMU used from its start to ready (all threads): contention-free cost. */
+  cpuMs?: number;
+}
+
+/** CPU time (ms) of every thread of a process so far, from schedstat; undefined when it is gone. */
+export function processCpuMs(pid: number): number | undefined {
+  try {
+    let ns = 0;
+    for (const task of fs.readdirSync(`/proc/${pid}/task`)) ns += Number(fs.readFileSync(`/proc/${pid}/task/${task}/schedstat`, "utf8").split(" ")[0]) || 0;
+    return round(ns / 1e6);
+  } catch {
+    return undefined;
+  }
 }
 
 function sampleOf(vm: VmManifest, wallMs: number): ForkSample {
   const t = vm.timings ?? {};
   const identityMs = (t.readyMs ?? 0) - (t.runningMs ?? 0);
-  return { readyMs: round(wallMs), runningMs: round(wallMs - identityMs), phases: { ...t } as Record<string, number> };
+  return { readyMs: round(wallMs), runningMs: round(wallMs - identityMs), phases: { ...t } as Record<string, number>, cpuMs: vm.pid ? processCpuMs(vm.pid) : undefined };
 }
 
 /**
@@ -144,6 +159,8 @@ export interface ThroughputPoint {
   hostUsedMiB: number;
   hostUsedPerChildMiB: number;
   memAvailableBeforeMiB: number;
+  /** Median CPU time of a child's QEMU by the time the stats were taken (ready + ~2 s idle). */
+  childCpuMs: number;
   /** Median of the children's own fork-to-ready (queueing included). */
   childReadyP50Ms: number;
   removeS: number;
@@ -159,6 +176,7 @@ export async function throughput(c: BenchCtx, template: string, n: number, concu
   await settle(2000);
   const after = availableMemoryMiB();
   const stats = c.engine.stats(r.children.map((x) => x.name));
+  const cpu = r.children.map((x) => (x.pid ? processCpuMs(x.pid) : undefined)).filter((x): x is number => x !== undefined);
   const m = medianFields(stats.map((s) => ({ rss: s.rssMiB, pss: s.pssMiB, priv: s.privateMiB, shared: s.sharedWithTemplateMiB })));
   const alive = stats.length;
   c.say(`  ${r.children.length}/${n} ready in ${readyS.toFixed(2)} s; ${alive} alive; removing`);
@@ -170,6 +188,7 @@ export async function throughput(c: BenchCtx, template: string, n: number, concu
     n, concurrency, readyS: round(readyS, 2), clonesPerS: round(r.children.length / readyS, 1), failed: r.failed.length,
     childRssMiB: m.rss, childPssMiB: m.pss, childPrivateMiB: m.priv, childSharedWithTemplateMiB: m.shared,
     hostUsedMiB: before - after, hostUsedPerChildMiB: round((before - after) / Math.max(1, alive)), memAvailableBeforeMiB: before,
+    childCpuMs: round(median(cpu)),
     childReadyP50Ms: round(median(r.children.map((x) => x.timings?.readyMs ?? NaN))),
     removeS: round(removeS, 2),
   };

@@ -15,6 +15,8 @@ export interface Raw {
   templates: TemplateRun[];
   memoryScaling: Array<{ memoryMiB: number; forks: ForkSample[] }>;
   durationS: number;
+  /** The host's 1-minute load average at the start and the end (other work skews wall times). */
+  loadAverage?: { start: number; end: number };
 }
 
 export interface Target {
@@ -70,7 +72,12 @@ export function buildResult(raw: Raw, date = new Date()) {
     freezeMs: t256?.freezeMs ?? null,
     coldBoot: { samplesMs: raw.coldBootMs, basis: "createParent from an existing disk image (no mkfs) to agent-ready, wall clock" },
     fullClone: { readyMs: summarize(raw.fullClones.map((s) => s.readyMs)), phasesP50: medianFields(raw.fullClones.map((s) => s.phases)) },
-    fork: { running: rs, ready: ys, phasesP50: medianFields(raw.forks.map((s) => s.phases)), samples: raw.forks.map((s) => [s.runningMs, s.readyMs]) },
+    fork: {
+      running: rs, ready: ys, phasesP50: medianFields(raw.forks.map((s) => s.phases)),
+      childCpuToReadyP50Ms: round(median(raw.forks.map((s) => s.cpuMs ?? NaN).filter((x) => !Number.isNaN(x)))),
+      samples: raw.forks.map((s) => [s.runningMs, s.readyMs]),
+    },
+    loadAverage: raw.loadAverage,
     throughput: raw.throughput,
     templates: raw.templates,
     memoryScaling: raw.memoryScaling.map((m) => ({
@@ -129,15 +136,16 @@ export function renderText(r: BenchResult): string {
   ]));
   out.push(`speed-up of instant clone (ready p50): ${r.speedupVsColdBoot}× vs cold boot, ${r.speedupVsFullClone}× vs full clone`);
   out.push(`instant clone phases (p50, ms from the start of the child's fork): ${Object.entries(r.fork.phasesP50).map(([k, v]) => `${k} ${v}`).join(", ")}`);
+  out.push(`CPU a child's QEMU used from start to ready (p50): ${ms(r.fork.childCpuToReadyP50Ms)}; host load average ${r.loadAverage ? `${r.loadAverage.start} at start, ${r.loadAverage.end} at end` : "-"}`);
   out.push("");
-  out.push(textTable(["N children", "to ready", "clones/s", "failed", "child RSS", "child PSS", "child private", "host used", "per child", "remove"],
-    r.throughput.map((p) => [p.n, `${p.readyS} s`, p.clonesPerS, p.failed, `${p.childRssMiB} MiB`, `${p.childPssMiB} MiB`, `${p.childPrivateMiB} MiB`, `${p.hostUsedMiB} MiB`, `${p.hostUsedPerChildMiB} MiB`, `${p.removeS} s`])));
+  out.push(textTable(["N children", "to ready", "clones/s", "failed", "child CPU", "child RSS", "child PSS", "child private", "host used", "per child", "remove"],
+    r.throughput.map((p) => [p.n, `${p.readyS} s`, p.clonesPerS, p.failed, ms(p.childCpuMs), `${p.childRssMiB} MiB`, `${p.childPssMiB} MiB`, `${p.childPrivateMiB} MiB`, `${p.hostUsedMiB} MiB`, `${p.hostUsedPerChildMiB} MiB`, `${p.removeS} s`])));
   out.push(`children of a ${r.guestMemoryMiB} MiB template that fit in free memory: ~${r.childrenFitEstimate ?? "-"} (${r.childrenFitBasis})`);
   out.push("");
-  out.push(textTable(["guest memory", "parent cold boot", "frozen: freeze", "running: downtime", "(QEMU's)", "capture", "build", "fork → running p50", "fork → ready p50"],
+  out.push(textTable(["guest memory", "parent cold boot", "quiesce", "frozen: freeze", "running: downtime", "(QEMU's)", "capture", "build", "fork → running p50", "fork → ready p50"],
     r.templates.map((t) => {
       const m = r.memoryScaling.find((x) => x.memoryMiB === t.memoryMiB);
-      return [`${t.memoryMiB} MiB`, ms(t.parentBootMs), ms(t.freezeMs), ms(t.runningDowntimeMs), ms(t.runningQemuDowntimeMs), ms(t.runningCaptureMs), ms(t.runningBuildMs), ms(m?.forkRunningP50Ms), ms(m?.forkReadyP50Ms)];
+      return [`${t.memoryMiB} MiB`, ms(t.parentBootMs), ms(t.quiesceMs), ms(t.freezeMs), ms(t.runningDowntimeMs), ms(t.runningQemuDowntimeMs), ms(t.runningCaptureMs), ms(t.runningBuildMs), ms(m?.forkRunningP50Ms), ms(m?.forkReadyP50Ms)];
     })));
   out.push("");
   out.push(textTable(["target", "goal", "measured", "met"], r.targets.map((t) => [t.name, t.target, t.value === null ? "not measured" : `${t.value}${t.unit ? ` ${t.unit}` : ""}`, t.met === null ? "-" : t.met ? "yes" : "NO"])));

@@ -34,8 +34,8 @@ const raw: Raw = {
   fullClones: [sample(700, 150), sample(800, 160)],
   forks: [sample(100, 50), sample(120, 60), sample(140, 70)],
   throughput: [
-    { n: 10, concurrency: 8, readyS: 1, clonesPerS: 10, failed: 0, childRssMiB: 60, childPssMiB: 30, childPrivateMiB: 25, childSharedWithTemplateMiB: 20, hostUsedMiB: 300, hostUsedPerChildMiB: 30, memAvailableBeforeMiB: 20000, childReadyP50Ms: 500, removeS: 0.1 },
-    { n: 100, concurrency: 8, readyS: 9, clonesPerS: 11.1, failed: 0, childRssMiB: 60, childPssMiB: 25, childPrivateMiB: 24, childSharedWithTemplateMiB: 20, hostUsedMiB: 2500, hostUsedPerChildMiB: 25, memAvailableBeforeMiB: 20000, childReadyP50Ms: 700, removeS: 1 },
+    { n: 10, concurrency: 8, readyS: 1, clonesPerS: 10, failed: 0, childRssMiB: 60, childPssMiB: 30, childPrivateMiB: 25, childSharedWithTemplateMiB: 20, hostUsedMiB: 300, hostUsedPerChildMiB: 30, memAvailableBeforeMiB: 20000, childCpuMs: 300, childReadyP50Ms: 500, removeS: 0.1 },
+    { n: 100, concurrency: 8, readyS: 9, clonesPerS: 11.1, failed: 0, childRssMiB: 60, childPssMiB: 25, childPrivateMiB: 24, childSharedWithTemplateMiB: 20, hostUsedMiB: 2500, hostUsedPerChildMiB: 25, memAvailableBeforeMiB: 20000, childCpuMs: 300, childReadyP50Ms: 700, removeS: 1 },
   ],
   templates: [{ memoryMiB: 256, parentBootMs: 6000, freezeMs: 20, runningDowntimeMs: 12 }],
   memoryScaling: [{ memoryMiB: 256, forks: [sample(100, 50)] }],
