@@ -13,6 +13,7 @@ import { copyDisk, createDisk, isAlive, killQemu, run } from "./qemu/process";
 import { parseArgs } from "./validate";
 import { ForwardSpec, resolveForwards } from "./parent";
 import { Undo } from "./undo";
+import { METADATA_KEY_RE, writeMetadata } from "./metadata";
 import { agentFor, hostnameFor, MAC_PREFIX_RE, newToken, qemuFailure, randomMac, startInstance, waitStatus } from "./vm";
 
 export const ForkArgs = z.object({
@@ -22,6 +23,10 @@ export const ForkArgs = z.object({
   prefix: Name.optional(),
   /** Exact names instead of prefix-numbering (count is then names.length). */
   names: z.array(Name).optional(),
+  /** Hostnames, one per name (default: the name). */
+  hostnames: z.array(z.string().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, "a DNS label: lower-case letters, digits and '-', 1 to 63 characters")).optional(),
+  /** MACs, one per name (e.g. to keep a child's MAC across a re-fork); default: random under macPrefix. */
+  macs: z.array(z.string().regex(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/, "six lower-case hex octets separated by ':'")).optional(),
   persistent: z.boolean().default(false),
   /** linked: memory copy-on-write and a delta disk on the template (instant clone);
    *  full: a private copy of the memory image and an independent disk (no dependency on the template). */
@@ -30,7 +35,8 @@ export const ForkArgs = z.object({
   forwards: z.array(ForwardSpec).default([]),
   /** How many children are forked at once. */
   concurrency: z.number().int().min(1).max(256).default(4),
-  metadata: z.record(z.string(), z.string()).optional(),
+  /** Handed to each child as /etc/forkvm/metadata.json and /etc/forkvm/metadata (KEY='value'). */
+  metadata: z.record(z.string().regex(METADATA_KEY_RE, "letters, digits and _, not starting with a digit"), z.string()).optional(),
   readyTimeoutS: z.number().int().min(1).max(3600).default(60),
 }).strict();
 export type ForkArgs = z.input<typeof ForkArgs>;
@@ -109,6 +115,11 @@ export async function forkChildren(ctx: Ctx, input: ForkArgs): Promise<ForkResul
   const t = store.getTemplate(args.template);
   const state = checkTemplate(t);
   const total = args.names?.length ?? args.count;
+  for (const field of ["hostnames", "macs"] as const) {
+    if (args[field] && args[field]!.length !== args.names?.length) {
+      throw new ForkvmError("INVALID_ARGUMENT", `Cannot fork: ${field} needs names, one ${field === "macs" ? "MAC" : "hostname"} per name`, { details: { field } });
+    }
+  }
   // Reserve names and write `creating` manifests under the template's lock, so that a
   // concurrent `rm template` sees these children.
   const planned = await store.withLock("templates", t.name, async () => {
@@ -125,12 +136,12 @@ export async function forkChildren(ctx: Ctx, input: ForkArgs): Promise<ForkResul
       }
     }
     const vms: VmManifest[] = [];
-    for (const name of names) {
+    for (const [i, name] of names.entries()) {
       const vm: VmManifest = {
         version: 1, kind: "vm", name, role: "child", createdAt: new Date().toISOString(), state: "creating",
         shape: t.shape, token: newToken(), memoryPath: t.memoryPath,
         diskPath: t.diskPath ? childDiskPath(ctx, name, args.persistent) : undefined,
-        mac: randomMac(args.macPrefix), hostname: hostnameFor(name), forwards: await resolveForwards(args.forwards),
+        mac: args.macs?.[i] ?? randomMac(args.macPrefix), hostname: args.hostnames?.[i] ?? hostnameFor(name), forwards: await resolveForwards(args.forwards),
         template: { name: t.name, generation: t.generation }, persistent: args.persistent, clone: args.clone, startedBy: "fork",
         metadata: args.metadata, timings: {},
       };
@@ -239,6 +250,7 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
     await agent.identity({
       hostname: vm.hostname, mac: vm.mac, epochSeconds: Date.now() / 1000, seed: randomBytes(64), machineId: randomBytes(16).toString("hex"),
     }, readyDeadlineMs);
+    if (vm.metadata && Object.keys(vm.metadata).length) await writeMetadata(agent, vm.metadata, readyDeadlineMs);
   } catch (err) {
     throw new ForkvmError(err instanceof ForkvmError ? err.code : "AGENT", `Cannot give ${vm.name} its identity: ${messageOf(err)}`, { cause: err });
   } finally {

@@ -124,11 +124,26 @@ export async function createTemplate(ctx: Ctx, input: TemplateArgs): Promise<Tem
   });
 }
 
+/**
+ * The template keeps its own kernel and initrd (hard links, or copies across filesystems): its
+ * children start QEMU with them, and persistent children cold-boot them, long after the image
+ * cache they came from was rebuilt or removed.
+ */
+function keepBootFiles(parent: VmManifest, dir: string): VmManifest["shape"] {
+  const keep = (from: string, base: string) => {
+    const to = path.join(dir, base);
+    try { fs.linkSync(from, to); } catch { fs.copyFileSync(from, to); }
+    fs.chmodSync(to, 0o444);
+    return to;
+  };
+  return { ...parent.shape, kernel: keep(parent.shape.kernel, "kernel"), initrd: keep(parent.shape.initrd, "initrd") };
+}
+
 function templateOf(parent: VmManifest, name: string, dir: string, source: "frozen" | "running", memoryPath: string, diskPath: string | undefined, timings: Record<string, number>): TemplateManifest {
   const statePath = path.join(dir, "state.bin");
   return {
     version: 1, kind: "template", name, generation: newGeneration(), createdAt: new Date().toISOString(), source,
-    parent: parent.name, shape: parent.shape, memoryPath, statePath, stateBytes: fs.statSync(statePath).size,
+    parent: parent.name, shape: keepBootFiles(parent, dir), memoryPath, statePath, stateBytes: fs.statSync(statePath).size,
     stateSha256: sha256File(statePath), diskPath, parentMac: parent.mac, parentHostname: parent.hostname, timings,
   };
 }

@@ -113,23 +113,26 @@ do_identity() {
     case $mac in $x:$x:$x:$x:$x:$x) ;; *) reply_err "Cannot set MAC address: '$mac' is not a MAC address"; return ;; esac
     old=$(cat /sys/class/net/eth0/address 2>/dev/null)
     if [ "$old" != "$(echo "$mac" | tr A-F a-f)" ]; then
-      addr=
-      gw=
-      prev=
-      for w in $(ip -4 addr show dev eth0 2>/dev/null); do
-        [ "$prev" = inet ] && [ -z "$addr" ] && addr=$w
-        prev=$w
-      done
-      prev=
-      for w in $(ip route show 2>/dev/null | grep '^default'); do
-        [ "$prev" = via ] && [ -z "$gw" ] && gw=$w
-        prev=$w
-      done
-      out=$({ ip link set eth0 down && ip link set dev eth0 address "$mac" && ip link set eth0 up; } 2>&1) ||
-        { reply_err "Cannot set MAC address: $out"; return; }
-      # Renew the lease at once (QEMU user networking answers immediately); otherwise put the
-      # old address and default route back (taking the link down dropped the route).
-      if ! { [ -x /forkvm/udhcpc.sh ] && udhcpc -i eth0 -s /forkvm/udhcpc.sh -q -n -t 2 -T 1 >/dev/null 2>&1; }; then
+      # Change the MAC live (virtio-net allows it): the address and routes stay, and the kernel
+      # announces the new MAC with a gratuitous ARP, so QEMU's user network sends the guest's
+      # IP (the target of host port forwards) to the new MAC. No DHCP renewal: with a new MAC
+      # it would hand out a different address than the one the forwards point at.
+      if ! ip link set dev eth0 address "$mac" 2>/dev/null; then
+        # A driver without live changes: down, change, up, then put address and route back.
+        addr=
+        gw=
+        prev=
+        for w in $(ip -4 addr show dev eth0 2>/dev/null); do
+          [ "$prev" = inet ] && [ -z "$addr" ] && addr=$w
+          prev=$w
+        done
+        prev=
+        for w in $(ip route show 2>/dev/null | grep '^default'); do
+          [ "$prev" = via ] && [ -z "$gw" ] && gw=$w
+          prev=$w
+        done
+        out=$({ ip link set eth0 down && ip link set dev eth0 address "$mac" && ip link set eth0 up; } 2>&1) ||
+          { reply_err "Cannot set MAC address: $out"; return; }
         [ -n "$addr" ] && ip addr replace "$addr" dev eth0 2>/dev/null
         [ -n "$gw" ] && ip route replace default via "$gw" dev eth0 2>/dev/null
       fi

@@ -52,8 +52,9 @@ test("a running-mode template pauses the parent briefly; the parent runs on and 
   assert.is(await sh("live-1", "cat /data/base.txt"), "base");
 }));
 
-test("a frozen template consumes the parent; its files are read-only", deadline(60_000, async () => {
+test("a frozen template consumes the parent; its files are read-only and its own", deadline(60_000, async () => {
   const t = await engine.createTemplate({ name: "t", parent: "p", source: "frozen" });
+  for (const f of [t.shape.kernel, t.shape.initrd]) assert.ok(f.startsWith(engine.store.dir("templates", "t")), f);
   console.log(`  frozen template: freeze ${t.timings.freezeMs} ms, checkpoint ${(t.stateBytes / 1048576).toFixed(2)} MiB`);
   assert.is(engine.vm("p").status, "consumed");
   assert.is(fs.statSync(t.memoryPath).mode & 0o222, 0);
@@ -115,6 +116,31 @@ test("a persistent child keeps its disk across stop and start (a cold boot from 
   assert.is(await sh("keep", "cat /data/base.txt"), "base");
   assert.is(await sh("keep", "hostname"), "keep");
   assert.is(await sh("keep", "cat /sys/class/net/eth0/address"), engine.vm("keep").mac);
+}));
+
+test("port forwards reach a forked child; metadata, hostnames and MACs are given to it", deadline(60_000, async () => {
+  const r = await engine.fork({
+    template: "t", names: ["fw-1"], hostnames: ["web-a"], macs: ["52:54:00:aa:bb:01"],
+    forwards: [{ guest: 8000 }], metadata: { ROLE: "web", NOTE: "it's here" },
+  });
+  assert.is(r.failed.length, 0, r.failed.map((f) => f.error.message).join("; "));
+  const vm = engine.vm("fw-1");
+  assert.is(await sh("fw-1", "hostname"), "web-a");
+  assert.is(await sh("fw-1", "cat /sys/class/net/eth0/address"), "52:54:00:aa:bb:01");
+  assert.is(await sh("fw-1", ". /etc/forkvm/metadata && echo \"$ROLE/$NOTE\""), "web/it's here");
+  assert.equal(JSON.parse(await sh("fw-1", "cat /etc/forkvm/metadata.json")), { ROLE: "web", NOTE: "it's here" });
+  await sh("fw-1", "mkdir -p /www && echo hello-from-fw-1 > /www/index.html && (httpd -p 8000 -h /www &)");
+  const port = vm.forwards[0].host;
+  let body = "";
+  for (let i = 0; i < 50 && !body.includes("hello"); i++) {
+    body = await fetch(`http://127.0.0.1:${port}/`).then((x) => x.text(), () => "");
+    if (!body.includes("hello")) await new Promise((res) => setTimeout(res, 200));
+  }
+  assert.match(body, /hello-from-fw-1/);
+  await engine.setMetadata("fw-1", { ROLE: "db" });
+  assert.is(await sh("fw-1", ". /etc/forkvm/metadata && echo $ROLE"), "db");
+  await engine.reset("fw-1");
+  assert.is(await sh("fw-1", ". /etc/forkvm/metadata && echo $ROLE"), "db");
 }));
 
 test("a forked VM survives SIGKILL of the creating process group", deadline(120_000, async () => {
