@@ -75,24 +75,33 @@ export async function startVm(ctx: Ctx, name: string, deadlineMs = 300_000): Pro
     const status = statusOf(vm);
     if (status === "running") throw new ForkvmError("CONFLICT", `Cannot start VM ${name}: it is running`);
     if (status === "consumed") throw new ForkvmError("CONFLICT", `Cannot start VM ${name}: it was consumed by template ${vm.templates?.at(-1)}`);
-    const undo = new Undo(ctx.log);
-    try {
-      if (vm.role === "child" && !vm.persistent) {
-        const t = store.getTemplate(vm.template!.name);
-        checkTemplate(t);
-        await forkInto(ctx, t, vm, deadlineMs, undo);
-      } else {
-        await bootVm(ctx, vm, [`forkvm.hostname=${vm.hostname}`], deadlineMs, undo);
-      }
-    } catch (err) {
-      await undo.run();
-      store.writeVm({ ...vm, state: "stopped", pid: undefined });
-      throw err;
-    }
-    vm.state = "running";
-    store.writeVm(vm);
-    return info(vm);
+    return relaunch(ctx, vm, (undo) =>
+      vm.role === "child" && !vm.persistent
+        ? forkInto(ctx, wholeTemplateOf(ctx, vm), vm, deadlineMs, undo)
+        : bootVm(ctx, vm, [`forkvm.hostname=${vm.hostname}`], deadlineMs, undo));
   });
+}
+
+/** The template a child forks from, checked whole. Throws NOT_FOUND or STATE. */
+function wholeTemplateOf(ctx: Ctx, vm: VmManifest): TemplateManifest {
+  const t = ctx.store.getTemplate(vm.template!.name);
+  checkTemplate(t);
+  return t;
+}
+
+/** Starts a new instance of `vm` with `launch`; a failure is undone and leaves the VM `stopped`. */
+async function relaunch(ctx: Ctx, vm: VmManifest, launch: (undo: Undo) => Promise<void>): Promise<VmInfo> {
+  const undo = new Undo(ctx.log);
+  try {
+    await launch(undo);
+  } catch (err) {
+    await undo.run();
+    ctx.store.writeVm({ ...vm, state: "stopped", pid: undefined });
+    throw err;
+  }
+  vm.state = "running";
+  ctx.store.writeVm(vm);
+  return info(vm);
 }
 
 /**
@@ -106,20 +115,9 @@ export async function resetVm(ctx: Ctx, name: string, deadlineMs = 60_000): Prom
     if (vm.role !== "child" || vm.persistent) {
       throw new ForkvmError("CONFLICT", `Cannot reset VM ${name}: only non-persistent children reset to their template (this is a ${vm.role === "child" ? "persistent child: stop/start keeps its disk" : "parent"})`);
     }
-    const t = store.getTemplate(vm.template!.name);
-    checkTemplate(t);
+    const t = wholeTemplateOf(ctx, vm); // before the running instance is killed
     await killQemu(vm.pid, vm.token, 500);
-    const undo = new Undo(ctx.log);
-    try {
-      await forkInto(ctx, t, vm, deadlineMs, undo);
-    } catch (err) {
-      await undo.run();
-      store.writeVm({ ...vm, state: "stopped", pid: undefined });
-      throw err;
-    }
-    vm.state = "running";
-    store.writeVm(vm);
-    return info(vm);
+    return relaunch(ctx, vm, (undo) => forkInto(ctx, t, vm, deadlineMs, undo));
   });
 }
 
