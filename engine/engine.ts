@@ -66,12 +66,26 @@ export class Engine {
     throw new ForkvmError("NOT_FOUND", `Cannot inspect ${name}: no VM or template of that name in ${this.store.home}`);
   }
 
+  /** Throws NOT_FOUND when there is no such VM. */
   vm(name: string): VmInfo {
     return info(this.store.getVm(name));
   }
 
+  /** The VM, or undefined when there is none. */
+  findVm(name: string): VmInfo | undefined {
+    const vm = this.store.findVm(name);
+    return vm && info(vm);
+  }
+
+  /** Throws NOT_FOUND when there is no such template. */
   template(name: string): TemplateInfo {
     return { ...this.store.getTemplate(name), children: childrenOf(this.ctx, name).map((c) => c.name) };
+  }
+
+  /** The template, or undefined when there is none. */
+  findTemplate(name: string): TemplateInfo | undefined {
+    const t = this.store.findTemplate(name);
+    return t && { ...t, children: childrenOf(this.ctx, name).map((c) => c.name) };
   }
 
   exec(name: string, argv: string[], opts?: { stdin?: Buffer | string; timeoutMs?: number }) {

@@ -8,7 +8,7 @@ import type { Engine, TemplateInfo, VmInfo } from "../engine";
 import { InstantClonePoolInputs, METADATA_PLACEHOLDERS, type Child, type InstantClonePoolOutputs } from "../schema/instant-clone-pool";
 import type { Shape } from "../schema/common";
 import { estimate } from "./estimate";
-import { changedKeys, codeOf, generateName, isUnknown, openEngine, parseInputs, PartialFailure, same, type CheckFailure } from "./common";
+import { changedKeys, generateName, isUnknown, openEngine, parseInputs, PartialFailure, same, type CheckFailure } from "./common";
 import { batchSize, childName, describePlan, indexOf, planPool, type DesiredPool, type LiveChild, type PoolPlan } from "./pool-plan";
 import { labelOf, reporter, type Reporter } from "./report";
 import { clean, hostFreeMiB, mapLimit } from "./util";
@@ -26,14 +26,9 @@ const MAX_PREFIX = 57;
 // ---------------------------------------------------------------------------------------------
 // The live fleet
 
+/** The template, or undefined when it is not there or not known yet (preview). */
 function liveTemplate(engine: Engine, name: string): TemplateInfo | undefined {
-  if (isUnknown(name)) return undefined;
-  try {
-    return engine.template(name);
-  } catch (err) {
-    if (codeOf(err) === "NOT_FOUND") return undefined;
-    throw err;
-  }
+  return isUnknown(name) ? undefined : engine.findTemplate(name);
 }
 
 /** The pool's children in the engine: tagged with the pool, or named in the last outputs. */

@@ -115,19 +115,9 @@ export async function create(inputs: Props): Promise<{ id: string; outs: Props }
   }
 }
 
-/** The live VM, or undefined when the engine has no VM of that name. */
-function liveVm(engine: Engine, name: string): VmInfo | undefined {
-  try {
-    return engine.vm(name);
-  } catch (err) {
-    if (codeOf(err) === "NOT_FOUND") return undefined;
-    throw err;
-  }
-}
-
 export async function read(id: string, props: Props = {}): Promise<{ id: string; props: Props }> {
   const engine = openEngine(reporter(props.__urn, labelOf(props.__urn, id)));
-  const vm = liveVm(engine, id);
+  const vm = engine.findVm(id);
   if (!vm) return { id: "", props: {} };
   return { id, props: outputsOf(props, vm) };
 }
@@ -141,7 +131,7 @@ export async function diff(id: string, olds: Props = {}, news: Props = {}) {
   const replaces = changedKeys(olds, news, PARENT_REPLACE_KEYS);
   const updates = changedKeys(olds, news, PARENT_UPDATE_KEYS);
   const engine = openEngine(reporter(news.__urn, labelOf(news.__urn, id)));
-  const heal = replaces.length === 0 && needsHeal(liveVm(engine, id));
+  const heal = replaces.length === 0 && needsHeal(engine.findVm(id));
   return {
     changes: replaces.length > 0 || updates.length > 0 || heal,
     replaces,
@@ -155,7 +145,7 @@ export async function update(id: string, _olds: Props, news: Props): Promise<{ o
   const report = reporter(news.__urn, labelOf(news.__urn, id));
   try {
     const engine = openEngine(report);
-    let vm = liveVm(engine, id);
+    let vm = engine.findVm(id);
     if (!vm) {
       report.warn(`parent ${id} is gone from the engine: booting it again`);
       vm = await boot(engine, { ...news, name: id }, report);
@@ -180,7 +170,7 @@ export async function remove(id: string, props: Props = {}): Promise<void> {
   const report = reporter(props.__urn, labelOf(props.__urn, id));
   try {
     const engine = openEngine(report);
-    if (!liveVm(engine, id)) return;
+    if (!engine.findVm(id)) return;
     if (engine.listTemplates().some((t) => t.name === id)) {
       throw new Error(`Cannot delete parent ${id}: a template has the same name and the engine's rm would take the template; run \`forkvm rm ${id}\` after removing the template`);
     }

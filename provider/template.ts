@@ -3,7 +3,7 @@
 // does not manage, naming them. A template is immutable: every input change replaces it.
 import * as fs from "node:fs";
 import { createHash } from "node:crypto";
-import type { Engine, TemplateInfo, VmInfo } from "../engine";
+import type { Engine, TemplateInfo } from "../engine";
 import { TemplateInputs, TEMPLATE_REPLACE_KEYS, type TemplateOutputs } from "../schema/template";
 import type { Shape } from "../schema/common";
 import { changedKeys, codeOf, generateName, isUnknown, openEngine, parseInputs, type CheckFailure } from "./common";
@@ -11,24 +11,6 @@ import { labelOf, reporter } from "./report";
 import { clean, nameTaken } from "./util";
 
 type Props = Record<string, any>;
-
-function liveVm(engine: Engine, name: string): VmInfo | undefined {
-  try {
-    return engine.vm(name);
-  } catch (err) {
-    if (codeOf(err) === "NOT_FOUND") return undefined;
-    throw err;
-  }
-}
-
-function liveTemplate(engine: Engine, name: string): TemplateInfo | undefined {
-  try {
-    return engine.template(name);
-  } catch (err) {
-    if (codeOf(err) === "NOT_FOUND") return undefined;
-    throw err;
-  }
-}
 
 /** Validates and completes the inputs; the shape comes from the live parent, else from the SDK's hint. */
 export async function check(olds: Props = {}, news: Props = {}): Promise<{ inputs: Props; failures: CheckFailure[] }> {
@@ -42,13 +24,13 @@ export async function check(olds: Props = {}, news: Props = {}): Promise<{ input
   } else {
     delete inputs.__autoNamed;
   }
-  const parent = isUnknown(inputs.parent) ? undefined : liveVm(engine, inputs.parent);
+  const parent = isUnknown(inputs.parent) ? undefined : engine.findVm(inputs.parent);
   const shape: Shape | undefined = parent
     ? { memoryMiB: parent.shape.memoryMiB, vcpus: parent.shape.vcpus, diskMiB: inputs.__shape?.diskMiB ?? 0, accel: parent.shape.accel }
     : inputs.__shape;
   if (shape) inputs.shape = shape;
   // A new capture needs a parent that can still be captured.
-  const creating = !liveTemplate(engine, inputs.name as string);
+  const creating = !engine.findTemplate(inputs.name as string);
   if (creating && parent?.status === "consumed") {
     failures.push({
       property: "parent",
@@ -112,7 +94,7 @@ export async function create(inputs: Props): Promise<{ id: string; outs: Props }
 
 export async function read(id: string, props: Props = {}): Promise<{ id: string; props: Props }> {
   const engine = openEngine(reporter(props.__urn, labelOf(props.__urn, id)));
-  const t = liveTemplate(engine, id);
+  const t = engine.findTemplate(id);
   if (!t) return { id: "", props: {} };
   return { id, props: outputsOf(props, t) };
 }
@@ -130,7 +112,7 @@ export async function diff(_id: string, olds: Props = {}, news: Props = {}) {
 /** Nothing changes in place; returns the full outputs so the state stays complete. */
 export async function update(id: string, olds: Props, news: Props): Promise<{ outs: Props }> {
   const engine = openEngine(reporter(news.__urn, labelOf(news.__urn, id)));
-  const t = liveTemplate(engine, id);
+  const t = engine.findTemplate(id);
   return { outs: t ? outputsOf(news, t) : clean({ ...olds, ...news }) };
 }
 
@@ -142,7 +124,7 @@ export async function remove(id: string, props: Props = {}): Promise<void> {
   const report = reporter(props.__urn, labelOf(props.__urn, id));
   try {
     const engine = openEngine(report);
-    const t = liveTemplate(engine, id);
+    const t = engine.findTemplate(id);
     if (!t) return;
     if (t.children.length) throw new Error(hasChildrenMessage(engine, id, t.children));
     try {
