@@ -234,6 +234,19 @@ test("forkvm ls --json lists the fleet; errors give exit codes and name what fai
   assert.match(inv.stderr, /Cannot create parent: name: lower-case letters, digits and/);
 }));
 
+test("forkvm doctor names the accelerator it will use and why", deadline(60_000, async () => {
+  const r = await cli(["--json", "doctor"]);
+  const d = JSON.parse(r.stdout);
+  assert.ok(d.qemu.version && d.qemu.machine.startsWith("pc-i440fx-"));
+  assert.ok(["kvm", "tcg"].includes(d.accel.accel), r.stdout);
+  assert.ok(d.accel.reason.length > 10);
+  // On a host whose KVM cannot run guest kernel code at speed (this project's build machines), TCG with a warning.
+  if (d.accel.accel === "tcg" && fs.existsSync("/dev/kvm")) assert.match(d.accel.warning, /using TCG/);
+  assert.is(d.memDir.type, "tmpfs");
+  const table = await cli(["doctor"]);
+  assert.match(table.stdout, /accelerator\s+│ (kvm|tcg): /);
+}));
+
 test("gc removes what an interrupted create left behind and nothing else", deadline(30_000, async () => {
   engine.store.reserve("vms", "half-made");
   const stray = path.join(engine.store.memDir, "vms-ghost.mem");
