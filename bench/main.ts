@@ -1,4 +1,5 @@
-// `npm run bench [-- --quick] [-- --json]`: instant clone against cold boot and full clone, in one
+// `npm run bench [-- --quick] [-- --json]` (built first, run from dist/ like the CLI and the
+// providers): instant clone against cold boot and full clone, in one
 // run on one image and guest size, in a private FORKVM_HOME and FORKVM_MEMDIR that are removed at
 // the end (also on failure and Ctrl-C), with no QEMU left behind. Progress goes to stderr; the
 // table (or with --json the result) to stdout; the result and a chart to bench/results/.
@@ -22,8 +23,14 @@ interface Options {
 
 const USAGE = `usage: npm run bench -- [--quick] [--json] [--concurrency N] [--accel auto|tcg|kvm] [--out DIR]`;
 
+/** The checkout this file belongs to, whether it runs as bench/main.ts or dist/bench/main.js. */
+function repoRoot(): string {
+  const up = path.join(__dirname, "..");
+  return fs.existsSync(path.join(up, "package.json")) ? up : path.join(up, "..");
+}
+
 function parseOptions(argv: string[]): Options {
-  const o: Options = { quick: false, json: false, concurrency: 8, accel: "auto", out: path.join(__dirname, "results") };
+  const o: Options = { quick: false, json: false, concurrency: 4, accel: "auto", out: path.join(repoRoot(), "bench", "results") };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
