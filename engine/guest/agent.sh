@@ -90,11 +90,20 @@ do_exec() {
     unb64 "$in" >"$inf" 2>/dev/null || { reply_err "Cannot decode exec stdin: invalid base64"; return; }
   fi
   # Decode every argument in place: rotate through the positional parameters, so the argv is
-  # passed exactly (no word splitting, no globbing, trailing newlines kept by the "." guard).
+  # passed exactly (no word splitting, no globbing, trailing newlines kept). A short argument is
+  # decoded by builtins into $'\NNN...' (only octal escapes inside, so eval sees no other
+  # syntax); a long one by base64, the "." guarding its trailing newlines.
   n=$#
   while [ "$n" -gt 0 ]; do
-    v=$(unb64 "$1" && echo .) || { reply_err "Cannot decode exec argv: invalid base64"; return; }
-    v=${v%.}
+    if [ "$1" = - ]; then
+      v=
+    elif [ ${#1} -le 1024 ]; then
+      b64text "$1"
+      eval "v=\$'$b64esc'"
+    else
+      v=$(unb64 "$1" && echo .) || { reply_err "Cannot decode exec argv: invalid base64"; return; }
+      v=${v%.}
+    fi
     shift
     set -- "$@" "$v"
     n=$((n - 1))
@@ -108,9 +117,16 @@ do_exec() {
     ) <"$inf" >"$work/out" 2>"$work/err" 3<&- 3>&- 4<&-
     rc=$?
   } 2>/dev/null
-  { printf '\n%s ok %s ' "$id" "$rc" && b64file "$work/out" && printf ' ' && b64file "$work/err" && printf '\n'; } >"$work/resp" &&
-    send
-  rm -f "$work/in" "$work/out" "$work/err" "$reqfile.in"
+  if [ -s "$work/out" ] || [ -s "$work/err" ]; then
+    { printf '\n%s ok %s ' "$id" "$rc" && b64file "$work/out" && printf ' ' && b64file "$work/err" && printf '\n'; } >"$work/resp" &&
+      send
+  else
+    printf '\n%s ok %s - -\n' "$id" "$rc" >&3 || log "cannot write reply $id"
+  fi
+  # Truncated, not removed: `rm` would be one more fork; the next exec overwrites them anyway.
+  : >"$work/out"
+  : >"$work/err"
+  [ "$inf" = "$work/in" ] && : >"$work/in"
 }
 
 # identity <b64 hostname|-> <mac|-> <epochSeconds|-> <b64 seed|-> <machineId|->

@@ -27,4 +27,12 @@ test("any byte survives, including % and backslash (every byte becomes an octal 
   assert.is(decode(Buffer.from(s, "latin1").toString("base64")), s);
 });
 
+test("exec arguments decode through eval $'...' exactly: quotes, $, newlines, trailing newline", () => {
+  const words = [`it's "quoted" $HOME \\ \`x\``, "two\nlines\n\n", "-", "é ü", " lead and trail "];
+  for (const w of words) {
+    const out = execFileSync("busybox", ["sh", "-c", `${fn}\nb64text "$1"\neval "v=\\$'$b64esc'"\nprintf %s "$v"`, "sh", Buffer.from(w).toString("base64")], { encoding: "utf8" });
+    assert.is(out, w, JSON.stringify(w));
+  }
+});
+
 test.run();
