@@ -228,6 +228,10 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
   let loadedMs = 0;
   try {
     await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: true }] });
+    // No self-announce after the load: QEMU would make the guest broadcast its *template's* MAC
+    // five times over ~1 s (config interrupts, ARP, NA, MLD: ~15 ms of host CPU per child). The
+    // child announces its own new MAC when the identity step sets it.
+    await qmp.execute("migrate-set-parameters", { "announce-rounds": 0 });
     // The checkpoint goes from here into QEMU's socket: no `exec:cat` (a shell and a cat forked
     // off QEMU's large address space), ~10 ms less per child.
     fs.rmSync(sock, { force: true });
