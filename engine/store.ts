@@ -144,10 +144,11 @@ export class Store {
     }
   }
 
-  listVms(): VmManifest[] {
-    return this.names("vms").flatMap((n) => {
+  /** Every object of `kind` whose manifest validates (half-made and corrupt ones are left to gc). */
+  private list<T>(kind: Kind, find: (name: string) => T | undefined): T[] {
+    return this.names(kind).flatMap((n) => {
       try {
-        const m = this.findVm(n);
+        const m = find(n);
         return m ? [m] : [];
       } catch {
         return [];
@@ -155,15 +156,12 @@ export class Store {
     });
   }
 
+  listVms(): VmManifest[] {
+    return this.list("vms", (n) => this.findVm(n));
+  }
+
   listTemplates(): TemplateManifest[] {
-    return this.names("templates").flatMap((n) => {
-      try {
-        const m = this.findTemplate(n);
-        return m ? [m] : [];
-      } catch {
-        return [];
-      }
-    });
+    return this.list("templates", (n) => this.findTemplate(n));
   }
 
   /** Removes an object's directory and its memory file; safe to repeat. */

@@ -302,21 +302,26 @@ test("waitReady fails with TIMEOUT at its deadline", deadline(5000, async () => 
   fs.rmSync(dir, { recursive: true, force: true });
 }));
 
+/** A peer that answers every request after `delayMs` with its id as stdout, counting overlap. */
+function countingPeer(base: string, delayMs: number) {
+  const counts = { inFlight: 0, most: 0 };
+  const peer = fakePeer(base, (req, reply) => {
+    counts.inFlight++;
+    counts.most = Math.max(counts.most, counts.inFlight);
+    setTimeout(() => {
+      counts.inFlight--;
+      reply(`${req.id} ok 0 ${enc(req.id)} -\n`);
+    }, delayMs);
+  });
+  return { peer, counts };
+}
+
 test("calls of one client run one at a time", deadline(5000, async () => {
   const { base, dir } = await fifos();
-  let inFlight = 0;
-  let most = 0;
-  const peer = fakePeer(base, (req, reply) => {
-    inFlight++;
-    most = Math.max(most, inFlight);
-    setTimeout(() => {
-      inFlight--;
-      reply(`${req.id} ok 0 ${enc(req.id)} -\n`);
-    }, 30);
-  });
+  const { peer, counts } = countingPeer(base, 30);
   const c = new AgentClient(base);
   const results = await Promise.all([1, 2, 3, 4].map(() => c.exec(["true"])));
-  assert.is(most, 1);
+  assert.is(counts.most, 1);
   assert.is(new Set(results.map((r) => r.stdout.toString())).size, 4);
   c.close();
   peer.close();
@@ -325,20 +330,11 @@ test("calls of one client run one at a time", deadline(5000, async () => {
 
 test("clients sharing a lock file never overlap and each gets its own reply", deadline(8000, async () => {
   const { base, dir } = await fifos();
-  let inFlight = 0;
-  let most = 0;
-  const peer = fakePeer(base, (req, reply) => {
-    inFlight++;
-    most = Math.max(most, inFlight);
-    setTimeout(() => {
-      inFlight--;
-      reply(`${req.id} ok 0 ${enc(req.id)} -\n`);
-    }, 20);
-  });
+  const { peer, counts } = countingPeer(base, 20);
   const lockFile = path.join(dir, "agent.lock");
   const clients = [0, 1, 2].map(() => new AgentClient(base, { lockFile }));
   const results = await Promise.all(clients.flatMap((c) => [c.exec(["a"]), c.exec(["b"])]));
-  assert.is(most, 1);
+  assert.is(counts.most, 1);
   assert.is(new Set(results.map((r) => r.stdout.toString())).size, 6);
   clients.forEach((c) => c.close());
   peer.close();
