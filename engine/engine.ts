@@ -8,7 +8,7 @@ import { createTemplate, type TemplateArgs } from "./template";
 import { forkChildren, type ForkArgs, type ForkResult } from "./fork";
 import { childrenOf, execVm, gc, info, remove, resetVm, setMetadata, startVm, stopVm, type RemoveResult, type VmInfo } from "./lifecycle";
 import { memoryStats, type MemoryStats } from "./stats";
-import type { TemplateManifest } from "./manifest";
+import type { TemplateManifest, VmManifest } from "./manifest";
 import { ForkvmError } from "./errors";
 
 export interface EngineOptions {
@@ -54,15 +54,16 @@ export class Engine {
   }
 
   listTemplates(): TemplateInfo[] {
-    return this.store.listTemplates().map((t) => ({ ...t, children: childrenOf(this.ctx, t.name).map((c) => c.name) }));
+    const vms = this.store.listVms();
+    return this.store.listTemplates().map((t) => this.withChildren(t, vms));
   }
 
   /** A VM or a template by name. Throws NOT_FOUND. */
   inspect(name: string): { kind: "vm"; vm: VmInfo } | { kind: "template"; template: TemplateInfo } {
-    const vm = this.store.findVm(name);
-    if (vm) return { kind: "vm", vm: info(vm) };
-    const t = this.store.findTemplate(name);
-    if (t) return { kind: "template", template: { ...t, children: childrenOf(this.ctx, name).map((c) => c.name) } };
+    const vm = this.findVm(name);
+    if (vm) return { kind: "vm", vm };
+    const template = this.findTemplate(name);
+    if (template) return { kind: "template", template };
     throw new ForkvmError("NOT_FOUND", `Cannot inspect ${name}: no VM or template of that name in ${this.store.home}`);
   }
 
@@ -79,13 +80,18 @@ export class Engine {
 
   /** Throws NOT_FOUND when there is no such template. */
   template(name: string): TemplateInfo {
-    return { ...this.store.getTemplate(name), children: childrenOf(this.ctx, name).map((c) => c.name) };
+    return this.withChildren(this.store.getTemplate(name));
   }
 
   /** The template, or undefined when there is none. */
   findTemplate(name: string): TemplateInfo | undefined {
     const t = this.store.findTemplate(name);
-    return t && { ...t, children: childrenOf(this.ctx, name).map((c) => c.name) };
+    return t && this.withChildren(t);
+  }
+
+  /** A template with the names of the children that depend on it (from `vms`, read once by lists). */
+  private withChildren(t: TemplateManifest, vms?: VmManifest[]): TemplateInfo {
+    return { ...t, children: childrenOf(this.ctx, t.name, vms).map((c) => c.name) };
   }
 
   exec(name: string, argv: string[], opts?: { stdin?: Buffer | string; timeoutMs?: number }) {

@@ -31,8 +31,8 @@ export function info(vm: VmManifest): VmInfo {
 }
 
 /** Children that depend on a template (linked clones), whatever their state. Full clones do not. */
-export function childrenOf(ctx: Ctx, template: string): VmManifest[] {
-  return ctx.store.listVms().filter((v) => v.template?.name === template && v.clone !== "full");
+export function childrenOf(ctx: Ctx, template: string, vms: VmManifest[] = ctx.store.listVms()): VmManifest[] {
+  return vms.filter((v) => v.template?.name === template && v.clone !== "full");
 }
 
 /**
