@@ -1,6 +1,6 @@
 // The provider objects the SDK hands to Pulumi. Pulumi serialises each one as a closure into the
 // stack's state, and the dynamic-provider host re-creates it from that text in a plain node
-// process. So they hold no data and capture nothing: each method loads the implementation by
+// process. So they hold no data and capture only the resource's name: each method loads the implementation by
 // package name ("forkvm/provider/<resource>", compiled JS in dist/) when it is called.
 import type * as pulumi from "@pulumi/pulumi";
 
@@ -21,29 +21,18 @@ function load(resource: string) {
   }
 }
 
-export const parentVmProvider: pulumi.dynamic.ResourceProvider = {
-  check: (olds, news) => load("parent-vm").check(olds, news),
-  diff: (id, olds, news) => load("parent-vm").diff(id, olds, news),
-  create: (inputs) => load("parent-vm").create(inputs),
-  read: (id, props) => load("parent-vm").read(id, props),
-  update: (id, olds, news) => load("parent-vm").update(id, olds, news),
-  delete: (id, props) => load("parent-vm").remove(id, props),
-};
+/** The provider of one resource: each method loads its implementation when called. */
+function providerOf(resource: string): pulumi.dynamic.ResourceProvider {
+  return {
+    check: (olds, news) => load(resource).check(olds, news),
+    diff: (id, olds, news) => load(resource).diff(id, olds, news),
+    create: (inputs) => load(resource).create(inputs),
+    read: (id, props) => load(resource).read(id, props),
+    update: (id, olds, news) => load(resource).update(id, olds, news),
+    delete: (id, props) => load(resource).remove(id, props),
+  };
+}
 
-export const templateProvider: pulumi.dynamic.ResourceProvider = {
-  check: (olds, news) => load("template").check(olds, news),
-  diff: (id, olds, news) => load("template").diff(id, olds, news),
-  create: (inputs) => load("template").create(inputs),
-  read: (id, props) => load("template").read(id, props),
-  update: (id, olds, news) => load("template").update(id, olds, news),
-  delete: (id, props) => load("template").remove(id, props),
-};
-
-export const instantClonePoolProvider: pulumi.dynamic.ResourceProvider = {
-  check: (olds, news) => load("instant-clone-pool").check(olds, news),
-  diff: (id, olds, news) => load("instant-clone-pool").diff(id, olds, news),
-  create: (inputs) => load("instant-clone-pool").create(inputs),
-  read: (id, props) => load("instant-clone-pool").read(id, props),
-  update: (id, olds, news) => load("instant-clone-pool").update(id, olds, news),
-  delete: (id, props) => load("instant-clone-pool").remove(id, props),
-};
+export const parentVmProvider = providerOf("parent-vm");
+export const templateProvider = providerOf("template");
+export const instantClonePoolProvider = providerOf("instant-clone-pool");
