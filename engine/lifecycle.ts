@@ -11,7 +11,7 @@ import { vmPaths } from "./qemu/argv";
 import { bootVm } from "./parent";
 import { checkTemplate, forkInto } from "./fork";
 import { Undo } from "./undo";
-import { agentFor, requireAlive } from "./vm";
+import { agentFor, quitInstance, requireAlive } from "./vm";
 import { writeMetadata } from "./metadata";
 
 export type VmStatus = "creating" | "running" | "stopped" | "crashed" | "consumed";
@@ -51,11 +51,10 @@ export async function stopVm(ctx: Ctx, name: string): Promise<VmInfo> {
       await agent.exec(["sync"], { timeoutMs: 10_000 }).catch((err) => ctx.log.log("warn", `sync before stop failed: ${messageOf(err)}`, { vm: name }));
       agent.close();
       const qmp = await Qmp.connect(vmPaths(dir).qmp, 2000, () => isAlive(vm.pid, vm.token)).catch(() => undefined);
-      // Flush QEMU's own caches of the disk before it goes.
-      await qmp?.execute("quit", undefined, 2000).catch(() => undefined);
-      qmp?.close();
+      // `quit` lets QEMU flush its own caches of the disk before it goes.
+      await quitInstance(qmp, vm.pid, vm.token);
     }
-    await killQemu(vm.pid, vm.token, 3000);
+    await killQemu(vm.pid, vm.token, 3000); // a no-op after quitInstance
     if (!keepsDisk && vm.diskPath) fs.rmSync(vm.diskPath, { force: true });
     const stopped: VmManifest = { ...vm, state: "stopped", pid: undefined };
     store.writeVm(stopped);

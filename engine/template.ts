@@ -220,8 +220,7 @@ async function liveCapture(ctx: Ctx, parent: VmManifest, args: z.infer<typeof Te
   const downtimeMs = stop && resume ? resume.atMs - stop.atMs : undefined;
   qmp.close();
   const captureMs = Date.now() - t0;
-  if (newDisk) store.writeVm({ ...parent, diskPath: newDisk, templates: [...(parent.templates ?? []), args.name] });
-  else store.writeVm({ ...parent, templates: [...(parent.templates ?? []), args.name] });
+  store.writeVm({ ...parent, diskPath: newDisk ?? parent.diskPath, templates: [...(parent.templates ?? []), args.name] });
 
   // The builder: paused, incoming, on the template's new memory file (shared), loads the stream,
   // then saves the device state with x-ignore-shared exactly like a frozen template.
