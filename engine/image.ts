@@ -1,16 +1,18 @@
 // The default guest image: Debian's kernel plus a busybox initramfs carrying the forkvm init and
 // agent, built reproducibly into <cache>/images/default/{vmlinuz,initrd.img,image.json}.
 // Also the pure parts of the build (modules.dep closure, newc cpio) that the tests use alone.
-import { spawn } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { gunzipSync, gzipSync } from "node:zlib";
 import * as lockfile from "proper-lockfile";
 import { z } from "zod";
-import { ForkvmError, ForkvmErrorCode, messageOf } from "./errors";
+import { ForkvmError, messageOf } from "./errors";
 import { Logger, silentLogger } from "./log";
+import { fsyncDir, writeFileAtomic } from "./util/atomic-write";
+import { sha256, sha256File } from "./util/hash";
+import { run, runBytes } from "./util/run";
 
 export interface GuestImage {
   name: string;
@@ -54,6 +56,9 @@ export const MIN_MEMORY_MIB = 128;
 
 /** Kernel modules the guest needs; their dependencies come from the package's modules.dep. */
 export const MODULE_ROOTS = ["virtio_pci", "virtio_console", "virtio_blk", "virtio_net", "ext4", "crc32c_generic"];
+
+/** What apt and dpkg are run with: they never ask a question. */
+const DEBIAN_ENV = { DEBIAN_FRONTEND: "noninteractive" };
 
 /** Bump when the layout of the initramfs or the manifest changes: it forces a rebuild. */
 const BUILDER_REVISION = 2;
@@ -132,7 +137,7 @@ export async function loadImage(name = "default", opts: { cacheDir?: string; ver
   for (const [file, sum] of Object.entries(manifest.files)) {
     const p = path.join(dir, file);
     if (!fs.existsSync(p)) throw new ForkvmError("IMAGE", `Cannot load image ${name}: ${p} is missing; rebuild it with \`forkvm image build --force\``);
-    if (opts.verify && sha256File(p) !== sum) {
+    if (opts.verify && (await sha256File(p)) !== sum) {
       throw new ForkvmError("IMAGE", `Cannot load image ${name}: ${p} does not match its manifest; rebuild it with \`forkvm image build --force\``);
     }
   }
@@ -233,20 +238,16 @@ export async function buildDefaultImage(opts: BuildOptions = {}): Promise<GuestI
     minMemoryMiB: MIN_MEMORY_MIB,
   };
 
-  const upToDate = (): GuestImage | undefined => {
+  const upToDate = async (): Promise<GuestImage | undefined> => {
     if (opts.force) return undefined;
     const m = safeReadManifest(dir, name);
     if (!m || JSON.stringify(m.inputs) !== JSON.stringify(inputs)) return undefined;
-    const intact = Object.entries(m.files).every(([f, sum]) => {
-      try {
-        return sha256File(path.join(dir, f)) === sum;
-      } catch {
-        return false;
-      }
-    });
-    return intact ? toGuestImage(dir, m) : undefined;
+    for (const [f, sum] of Object.entries(m.files)) {
+      if ((await sha256File(path.join(dir, f)).catch(() => undefined)) !== sum) return undefined;
+    }
+    return toGuestImage(dir, m);
   };
-  const ready = upToDate();
+  const ready = await upToDate();
   if (ready) {
     log.log("debug", "image is up to date", { sha256: ready.sha256 });
     return ready;
@@ -257,7 +258,7 @@ export async function buildDefaultImage(opts: BuildOptions = {}): Promise<GuestI
   progress("wait for other builds");
   const release = await lockBuild(cache, name);
   try {
-    const done = upToDate();
+    const done = await upToDate();
     if (done) return done;
     removeLeftovers(cache, name, log);
     return await build(cache, name, inputs, busybox.path, progress, log);
@@ -282,7 +283,7 @@ async function build(
 
     progress(`extract ${path.basename(deb)}`);
     const root = path.join(work, "kernel");
-    await runTool("dpkg", ["-x", deb, root], { step: `extract kernel package ${path.basename(deb)}`, code: "IMAGE", timeoutMs: 300_000 });
+    await run("dpkg", ["-x", deb, root], { what: `extract kernel package ${path.basename(deb)}`, code: "IMAGE", env: DEBIAN_ENV, timeoutMs: 300_000 });
     const kernelVersion = inputs.kernelPackage.replace(/^linux-image-/, "");
     const vmlinuz = path.join(root, "boot", `vmlinuz-${kernelVersion}`);
     const modRoot = path.join(root, "lib", "modules", kernelVersion);
@@ -294,7 +295,7 @@ async function build(
     const depFile = path.join(modRoot, "modules.dep");
     if (!fs.existsSync(depFile)) {
       // Debian generates modules.dep at install time (depmod in postinst): generate it the same way.
-      await runTool(busyboxPath, ["depmod", "-b", root, kernelVersion], { step: "generate modules.dep", code: "IMAGE", timeoutMs: 120_000 });
+      await run(busyboxPath, ["depmod", "-b", root, kernelVersion], { what: "generate modules.dep", code: "IMAGE", timeoutMs: 120_000 });
     }
     const modules = moduleClosure(fs.readFileSync(depFile, "utf8"), MODULE_ROOTS);
     const compressed = modules.filter((m) => !m.endsWith(".ko"));
@@ -316,11 +317,11 @@ async function build(
     progress("write image");
     const out = path.join(work, "image");
     fs.mkdirSync(out);
-    writeDurably(path.join(out, "vmlinuz"), kernelBytes);
-    writeDurably(path.join(out, "initrd.img"), initrd);
+    writeFileAtomic(path.join(out, "vmlinuz"), kernelBytes);
+    writeFileAtomic(path.join(out, "initrd.img"), initrd);
     const files: ImageManifest["files"] = { vmlinuz: sha256(kernelBytes), "initrd.img": sha256(initrd) };
     if (elf) {
-      writeDurably(path.join(out, "vmlinux"), elf);
+      writeFileAtomic(path.join(out, "vmlinux"), elf);
       files.vmlinux = sha256(elf);
     }
     const kernel = elf ? "vmlinux" : "vmlinuz";
@@ -332,13 +333,12 @@ async function build(
       cmdline: inputs.cmdline,
       kernelVersion,
       minMemoryMiB: inputs.minMemoryMiB,
-      sha256: sha256(Buffer.from(`${kernel} ${files[kernel]}\ninitrd.img ${files["initrd.img"]}\n${inputs.cmdline}\n`)),
+      sha256: sha256(`${kernel} ${files[kernel]}\ninitrd.img ${files["initrd.img"]}\n${inputs.cmdline}\n`),
       files,
       modules,
       inputs,
     };
-    writeDurably(path.join(out, "image.json"), Buffer.from(JSON.stringify(ImageManifest.parse(manifest), null, 2) + "\n"));
-    fsyncDir(out);
+    writeFileAtomic(path.join(out, "image.json"), JSON.stringify(ImageManifest.parse(manifest), null, 2) + "\n");
     replaceDir(out, dir);
     pruneDebs(path.join(cache, "debs"), deb);
     log.log("info", "built guest image", { sha256: manifest.sha256, kernelVersion, initrdBytes: initrd.length });
@@ -422,7 +422,7 @@ function stageRootfs(stage: string, p: { busyboxPath: string; kernelVersion: str
 async function findBusybox(): Promise<{ path: string; version: string }> {
   let version: string;
   try {
-    version = (await runTool("dpkg-query", ["-W", "-f=${Status}\t${Version}", BUSYBOX_PACKAGE], { step: `query ${BUSYBOX_PACKAGE}`, code: "HOST" })).trim();
+    version = (await run("dpkg-query", ["-W", "-f=${Status}\t${Version}", BUSYBOX_PACKAGE], { what: `query ${BUSYBOX_PACKAGE}`, code: "HOST", env: DEBIAN_ENV })).trim();
   } catch (err) {
     throw new ForkvmError("HOST", `Cannot build image default: ${BUSYBOX_PACKAGE} is not installed; run scripts/setup.sh`, {
       cause: err,
@@ -443,7 +443,7 @@ async function findBusybox(): Promise<{ path: string; version: string }> {
  * `apt-cache show` of the candidate meta package (its Depends pins "(= version)").
  */
 async function resolveKernelPackage(): Promise<{ pkg: string; version: string }> {
-  const meta = await runTool("apt-cache", ["show", "--no-all-versions", KERNEL_META_PACKAGE], { step: `resolve ${KERNEL_META_PACKAGE}`, code: "HOST" });
+  const meta = await run("apt-cache", ["show", "--no-all-versions", KERNEL_META_PACKAGE], { what: `resolve ${KERNEL_META_PACKAGE}`, code: "HOST", env: DEBIAN_ENV });
   const dep = parseKernelDepends(meta);
   if (!dep) {
     throw new ForkvmError("HOST", `Cannot resolve ${KERNEL_META_PACKAGE}: it depends on no linux-image-* package; run scripts/setup.sh (apt-get update)`, {
@@ -451,7 +451,7 @@ async function resolveKernelPackage(): Promise<{ pkg: string; version: string }>
     });
   }
   if (dep.version) return { pkg: dep.pkg, version: dep.version };
-  const show = await runTool("apt-cache", ["show", "--no-all-versions", dep.pkg], { step: `resolve ${dep.pkg}`, code: "HOST" });
+  const show = await run("apt-cache", ["show", "--no-all-versions", dep.pkg], { what: `resolve ${dep.pkg}`, code: "HOST", env: DEBIAN_ENV });
   const version = /^Version:\s*(\S+)/m.exec(show)?.[1];
   if (!version) throw new ForkvmError("HOST", `Cannot resolve ${dep.pkg}: apt-cache show printed no Version`);
   return { pkg: dep.pkg, version };
@@ -481,7 +481,7 @@ async function downloadKernel(debs: string, pkg: string, version: string): Promi
   const args = ["download", "-q", `${pkg}=${version}`];
   // As root apt would warn that its sandbox user cannot write here; it is our own cache.
   if (process.getuid?.() === 0) args.unshift("-o", "APT::Sandbox::User=root");
-  await runTool("apt-get", args, { cwd: debs, step: `download ${pkg} ${version}`, code: "IMAGE", timeoutMs: 600_000 });
+  await run("apt-get", args, { cwd: debs, what: `download ${pkg} ${version}`, code: "IMAGE", env: DEBIAN_ENV, timeoutMs: 600_000 });
   const deb = await findDeb(debs, pkg, version);
   if (!deb) throw new ForkvmError("IMAGE", `Cannot download ${pkg} ${version}: apt-get succeeded but left no matching .deb in ${debs}`);
   return deb;
@@ -492,7 +492,7 @@ async function findDeb(debs: string, pkg: string, version: string): Promise<stri
     if (!f.startsWith(`${pkg}_`) || !f.endsWith(".deb")) continue;
     const file = path.join(debs, f);
     try {
-      const fields = await runTool("dpkg-deb", ["-f", file, "Package", "Version"], { step: `read ${f}`, code: "IMAGE" });
+      const fields = await run("dpkg-deb", ["-f", file, "Package", "Version"], { what: `read ${f}`, code: "IMAGE", env: DEBIAN_ENV });
       if (fields.includes(`Package: ${pkg}\n`) && fields.includes(`Version: ${version}\n`)) return file;
     } catch {
       fs.rmSync(file, { force: true }); // a truncated download
@@ -505,49 +505,6 @@ function pruneDebs(debs: string, keep: string): void {
   for (const f of fs.readdirSync(debs)) {
     if (f.startsWith("linux-image-") && path.join(debs, f) !== keep) fs.rmSync(path.join(debs, f), { force: true });
   }
-}
-
-interface ToolOptions {
-  step: string;
-  code: ForkvmErrorCode;
-  cwd?: string;
-  timeoutMs?: number;
-  input?: Buffer;
-}
-
-/** Runs a host tool; throws `code` with "Cannot <step>: ..." and the last stderr lines in details.stderr. */
-async function runTool(cmd: string, args: string[], o: ToolOptions): Promise<string> {
-  return (await runToolBytes(cmd, args, o)).toString("utf8");
-}
-
-function runToolBytes(cmd: string, args: string[], o: ToolOptions): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd: o.cwd, stdio: [o.input ? "pipe" : "ignore", "pipe", "pipe"], env: { ...process.env, LC_ALL: "C", DEBIAN_FRONTEND: "noninteractive" } });
-    if (o.input) {
-      child.stdin!.on("error", () => {}); // the exit status tells
-      child.stdin!.end(o.input);
-    }
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout!.on("data", (b: Buffer) => out.push(b));
-    child.stderr!.on("data", (b: Buffer) => err.push(b));
-    const timer = setTimeout(() => child.kill("SIGKILL"), o.timeoutMs ?? 60_000);
-    const lastLines = () => Buffer.concat(err).toString("utf8").trimEnd().split("\n").slice(-10).join("\n");
-    child.on("error", (e: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
-      const code: ForkvmErrorCode = e.code === "ENOENT" ? "HOST" : o.code;
-      const why = e.code === "ENOENT" ? `${cmd} is not installed; run scripts/setup.sh` : messageOf(e);
-      reject(new ForkvmError(code, `Cannot ${o.step}: ${why}`, { cause: e }));
-    });
-    child.on("close", (status, signal) => {
-      clearTimeout(timer);
-      if (status === 0) return resolve(Buffer.concat(out));
-      const stderr = lastLines();
-      const how = signal ? `killed by ${signal}` : `exit status ${status}`;
-      const last = stderr.split("\n").filter(Boolean).pop();
-      reject(new ForkvmError(o.code, `Cannot ${o.step}: ${cmd} failed (${how})${last ? `: ${last}` : ""}`, { details: { stderr, command: [cmd, ...args] } }));
-    });
-  });
 }
 
 /**
@@ -566,7 +523,7 @@ async function directBootKernel(bzImage: Buffer, log: Logger): Promise<Buffer | 
   if (payload.subarray(0, 6).equals(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]))) {
     try {
       // The payload ends with the kernel's 4-byte size: read only the first stream.
-      elf = await runToolBytes("xz", ["-dc", "--single-stream"], { step: "decompress the kernel", code: "IMAGE", input: payload, timeoutMs: 120_000 });
+      elf = await runBytes("xz", ["-dc", "--single-stream"], { what: "decompress the kernel", code: "IMAGE", input: payload, timeoutMs: 120_000 });
     } catch (err) {
       log.log("warn", "cannot decompress the kernel for direct boot; booting the bzImage", { error: messageOf(err) });
       return undefined;
@@ -619,37 +576,9 @@ export function hasPvhEntry(elf: Buffer): boolean {
 // ---------------------------------------------------------------------------------------------
 // Files
 
-function sha256(data: Buffer): string {
-  return createHash("sha256").update(data).digest("hex");
-}
-
-function sha256File(file: string): string {
-  return sha256(fs.readFileSync(file));
-}
-
+/** One sha256 over the guest scripts, each as "<name>\0<content>\0". */
 function hashScripts(): string {
-  const h = createHash("sha256");
-  for (const s of GUEST_SCRIPTS) h.update(`${s}\0`).update(fs.readFileSync(guestScript(s))).update("\0");
-  return h.digest("hex");
-}
-
-function writeDurably(file: string, data: Buffer): void {
-  const fd = fs.openSync(file, "w", 0o644);
-  try {
-    fs.writeSync(fd, data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-function fsyncDir(dir: string): void {
-  const fd = fs.openSync(dir, "r");
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
+  return sha256(Buffer.concat(GUEST_SCRIPTS.flatMap((s) => [Buffer.from(`${s}\0`), fs.readFileSync(guestScript(s)), Buffer.from("\0")])));
 }
 
 /** Puts the finished directory `from` at `to`, replacing what was there. */
