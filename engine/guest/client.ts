@@ -1,272 +1,114 @@
-// Host side of the guest agent protocol over the virtio-serial FIFOs of one VM
-// (<base>.in host→guest, <base>.out guest→host): one call at a time, each with a deadline.
-// Protocol: request "<id> <op> <arg>..." (free text base64, "-" = empty); reply "<id> ok ..." | "<id> err <b64>".
-import { execFile } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import * as fs from "node:fs";
-import * as net from "node:net";
+// The host end of one VM's guest agent: one call at a time (and, with a lock file, one across
+// processes), each with a fresh id and a deadline; lines with other ids are stale and dropped.
+// The wire format lives in protocol.ts and PROTOCOL.md; the FIFOs in channel.ts.
 import * as lockfile from "proper-lockfile";
-import { z } from "zod";
 import { ForkvmError, messageOf } from "../errors";
 import { Logger, silentLogger } from "../log";
+import { sleep } from "../util/poll";
+import { AgentChannel } from "./channel";
+import {
+  AgentOp,
+  DEFAULT_MAX_EXEC_REPLY_BYTES,
+  DEFAULT_MAX_REPLY_BYTES,
+  EXEC,
+  IDENTITY,
+  Identity,
+  newId,
+  parseReply,
+  PING,
+  replyId,
+  requestLine,
+  type ExecResult,
+} from "./protocol";
 
-/** Longest reply line accepted (a base64 stdout+stderr); beyond it the call fails with AGENT. */
-export const MAX_REPLY_BYTES = 256 * 1024 * 1024;
+export { createAgentFifos } from "./channel";
+export type { ExecResult, Identity } from "./protocol";
+
 /** Added to an exec's own timeout for the round trip (slow under TCG for large outputs). */
 const EXEC_GRACE_MS = 10_000;
 const DEFAULT_EXEC_TIMEOUT_MS = 60_000;
-/** How long a call that timed out may still take to finish writing its request (see Channel). */
+/** How long a call that timed out may still take to finish writing its request (see AgentChannel). */
 const WRITE_DRAIN_MS = 30_000;
+/** Deadline of each ping while waiting for the agent: the guest may still be booting. */
+const READY_PING_MS = 1000;
+/** Pause before opening the FIFOs again while QEMU has not opened them. */
+const READY_RETRY_MS = 50;
 
-const Id = z.string().regex(/^[A-Za-z0-9_-]+$/);
-const B64 = z.string().regex(/^(-|(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?)$/, "not base64");
-const Reply = z.union([
-  z.tuple([Id, z.literal("ok")]).rest(z.string()),
-  z.tuple([Id, z.literal("err"), B64]),
-]);
-const PingFields = z.tuple([z.literal("pong"), z.string().regex(/^[A-Za-z0-9._-]+$/)]);
-const ExecFields = z.tuple([z.string().regex(/^\d{1,3}$/), B64, B64]);
-const IdentityFields = z.tuple([]);
+/** A reply line cap and the option that sets it (named in the too-long error). */
+type Cap = { bytes: number; option: string };
 
-const MAC_RE = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
-const HOSTNAME_RE = /^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
-const MACHINE_ID_RE = /^[0-9a-f]{32}$/;
-
-export interface ExecResult {
-  exitCode: number;
-  stdout: Buffer;
-  stderr: Buffer;
-}
-
-export interface Identity {
-  hostname: string;
-  mac: string;
-  /** Defaults to now; fractions are dropped. */
-  epochSeconds?: number;
-  /** Bytes written to the guest's /dev/urandom; defaults to 64 random bytes. */
-  seed?: Buffer;
-  /** 32 lowercase hex digits for /etc/machine-id; defaults to a random one. */
-  machineId?: string;
-}
-
-/**
- * Creates the two FIFOs QEMU's `-chardev pipe,path=<base>` opens: <base>.in and <base>.out
- * (mode 0600). Existing FIFOs are kept; anything else at those paths is replaced.
- * Must run before QEMU starts. Throws HOST when mkfifo fails.
- */
-export async function createAgentFifos(base: string): Promise<void> {
-  for (const p of [`${base}.in`, `${base}.out`]) {
-    const st = fs.lstatSync(p, { throwIfNoEntry: false });
-    if (st?.isFIFO()) continue;
-    if (st) fs.rmSync(p, { force: true });
-    await new Promise<void>((resolve, reject) => {
-      execFile("mkfifo", ["-m", "600", p], (err, _out, stderr) => {
-        if (!err) return resolve();
-        reject(new ForkvmError("HOST", `Cannot create agent FIFO ${p}: ${String(stderr).trim() || err.message}`, { cause: err, details: { stderr: String(stderr) } }));
-      });
-    });
-  }
-}
-
-/**
- * One open pair of FIFOs: a libuv pipe handle on each (never fs streams, whose blocking reads
- * would tie up the thread pool). Reads only while a call is in flight, so concurrent clients
- * (under the lock) never split each other's replies.
- */
-class Channel {
-  private readonly rx: net.Socket;
-  private readonly tx: net.Socket;
-  private chunks: Buffer[] = [];
-  private size = 0;
-  private writes: Promise<void>[] = [];
-  private readonly destroyed: Promise<void>;
-  onLine: (line: Buffer) => void = () => {};
-  onFailure: (err: ForkvmError) => void = () => {};
-
-  /** Throws ENXIO-coded errors when QEMU has not opened the FIFOs (not running). */
-  constructor(readonly base: string) {
-    const { O_RDONLY, O_WRONLY, O_NONBLOCK } = fs.constants;
-    const rxFd = fs.openSync(`${base}.out`, O_RDONLY | O_NONBLOCK);
-    let txFd: number;
-    try {
-      txFd = fs.openSync(`${base}.in`, O_WRONLY | O_NONBLOCK);
-    } catch (err) {
-      fs.closeSync(rxFd);
-      throw err;
-    }
-    this.rx = new net.Socket({ fd: rxFd, readable: true, writable: false });
-    this.tx = new net.Socket({ fd: txFd, readable: false, writable: true });
-    this.destroyed = new Promise((r) => this.tx.once("close", () => r()));
-    this.rx.on("data", (b: Buffer) => this.take(b));
-    // No writer left on <base>.out: QEMU (which holds it open read-write) is gone.
-    this.rx.on("end", () => this.onFailure(new ForkvmError("AGENT", "the agent channel was closed: QEMU is not running", { details: { reason: "closed" } })));
-    this.rx.on("error", (e) => this.onFailure(new ForkvmError("AGENT", `cannot read the agent channel: ${e.message}`, { cause: e, details: { reason: "io" } })));
-    this.tx.on("error", (e) => this.onFailure(new ForkvmError("AGENT", `cannot write the agent channel: ${e.message}`, { cause: e, details: { reason: "io" } })));
-  }
-
-  send(line: string): Promise<void> {
-    const done = new Promise<void>((resolve) => this.tx.write(line, () => resolve()));
-    this.writes.push(done);
-    return done;
-  }
-
-  /**
-   * Closes both ends once every request is fully written (or after `graceMs`). A request
-   * abandoned half-written would be glued to the next one; finishing it keeps lines whole.
-   */
-  async close(graceMs: number): Promise<void> {
-    this.rx.removeAllListeners("data");
-    this.rx.destroy();
-    if (this.writes.length) {
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([Promise.all(this.writes), new Promise((r) => (timer = setTimeout(r, graceMs))), this.destroyed]);
-      clearTimeout(timer);
-    }
-    this.tx.destroy();
-  }
-
-  /** Closes both ends at once, even with a request half-written. */
-  destroy(): void {
-    this.rx.destroy();
-    this.tx.destroy();
-  }
-
-  private take(b: Buffer): void {
-    let start = 0;
-    for (let nl = b.indexOf(10, start); nl >= 0; nl = b.indexOf(10, start)) {
-      const piece = b.subarray(start, nl);
-      const line = this.chunks.length ? Buffer.concat([...this.chunks, piece]) : piece;
-      this.chunks = [];
-      this.size = 0;
-      start = nl + 1;
-      this.onLine(line);
-    }
-    if (start < b.length) {
-      this.chunks.push(b.subarray(start));
-      this.size += b.length - start;
-      if (this.size > MAX_REPLY_BYTES) {
-        this.chunks = [];
-        this.size = 0;
-        this.onFailure(new ForkvmError("AGENT", `a reply is longer than ${MAX_REPLY_BYTES} bytes`, { details: { reason: "too-long" } }));
-      }
-    }
-  }
-}
-
-/** Encodes free text as the protocol does: base64, "-" for empty. */
-function b64(data: Buffer | string): string {
-  const s = Buffer.from(data).toString("base64");
-  return s === "" ? "-" : s;
-}
-
-function unb64(s: string): Buffer {
-  return s === "-" ? Buffer.alloc(0) : Buffer.from(s, "base64");
-}
-
-function newId(): string {
-  return randomBytes(9).toString("base64url");
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-interface Conversation<T> {
-  /**
-   * Called once the channel is open: sends the request(s) (`send` returns the fresh id it
-   * used); may call `fail` later; returns what to stop when the call settles.
-   */
-  start(send: (words: string) => string, fail: (err: ForkvmError) => void): (() => void) | void;
-  /** Ids that belong to this call; lines with other ids are stale and discarded. */
-  ids: Set<string>;
-  /** Turns the (validated) reply fields into the result; throws AGENT when malformed. */
-  parse(fields: string[]): T;
+export interface AgentClientOptions {
+  log?: Logger;
+  /** Serialises calls across processes (proper-lockfile on this path). */
+  lockFile?: string;
+  /** Longest reply line of ping and identity, in bytes (default 4 MiB); beyond it AGENT "too-long". */
+  maxReplyBytes?: number;
+  /** Longest reply line of exec, in bytes (default 64 MiB: ~48 MiB of stdout + stderr). */
+  maxExecReplyBytes?: number;
 }
 
 /**
  * The host end of one VM's agent channel. Calls are serialised within a client and, with
  * `lockFile`, across processes. Every call throws TIMEOUT when its deadline passes, AGENT when
- * the agent reports an error, answers something malformed or the channel is closed,
- * INVALID_ARGUMENT for bad inputs. Deadlines are durations in milliseconds.
+ * the agent reports an error (details.reason "agent-error"), answers something malformed
+ * ("malformed") or too long ("too-long"), the channel is not open ("not-open", "no-fifos") or
+ * closed ("closed", "client-closed"); INVALID_ARGUMENT for bad inputs (details.field).
+ * Deadlines are durations in milliseconds.
  */
 export class AgentClient {
   private readonly log: Logger;
   private readonly lockFile?: string;
+  private readonly replyCap: Cap;
+  private readonly execCap: Cap;
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
-  private active = new Set<Channel>();
+  private active = new Set<AgentChannel>();
 
-  constructor(readonly base: string /* path without .in/.out */, opts: { log?: Logger; lockFile?: string } = {}) {
+  constructor(readonly base: string /* path without .in/.out */, opts: AgentClientOptions = {}) {
     this.log = (opts.log ?? silentLogger).child({ agent: base });
     this.lockFile = opts.lockFile;
+    this.replyCap = { bytes: positive(opts.maxReplyBytes, DEFAULT_MAX_REPLY_BYTES, "maxReplyBytes"), option: "maxReplyBytes" };
+    this.execCap = { bytes: positive(opts.maxExecReplyBytes, DEFAULT_MAX_EXEC_REPLY_BYTES, "maxExecReplyBytes"), option: "maxExecReplyBytes" };
   }
 
   /** The agent's version. */
   ping(deadlineMs: number): Promise<string> {
-    const ids = new Set<string>();
-    return this.call("ping", "ping the agent", deadlineMs, {
-      ids,
-      start: (send) => void ids.add(send("ping")),
-      parse: (fields) => PingFields.parse(fields)[1],
-    });
+    return this.call(PING, undefined, "ping the agent", deadlineMs, this.replyCap);
   }
 
   /**
-   * Waits until the agent answers a ping, resending every second (the guest may still be
-   * booting; QEMU may not have opened the FIFOs yet). Returns the milliseconds waited. Fails
-   * at once with AGENT when `isAlive` turns false.
+   * Waits until the agent answers a ping: pings of at most 1 s each, again and again (the guest
+   * may still be booting; QEMU may not have opened the FIFOs yet) until `deadlineMs`. Returns
+   * the milliseconds waited. Throws TIMEOUT at the deadline, AGENT at once when `isAlive` turns
+   * false or the agent answers with an error or something malformed.
    */
   async waitReady(deadlineMs: number, isAlive?: () => boolean): Promise<number> {
     const t0 = Date.now();
     const until = t0 + deadlineMs;
     const what = `wait for the agent (agent ${this.base})`;
-    const dead = () => new ForkvmError("AGENT", `Cannot ${what}: the VM is not running`, { details: { op: "ping", vm: this.base } });
-    return this.serial(async (hold) => {
-      const release = await this.lock(until, what);
-      let closed: Promise<void> = Promise.resolve();
-      try {
-        for (;;) {
-          if (isAlive && !isAlive()) throw dead();
-          if (Date.now() >= until) throw new ForkvmError("TIMEOUT", `Cannot ${what}: no answer within ${deadlineMs} ms`, { details: { op: "ping", vm: this.base } });
-          let ch: Channel;
-          try {
-            ch = this.open();
-          } catch (err) {
-            if (this.closed) throw err;
-            await sleep(50); // QEMU has not opened the FIFOs yet (ENXIO), or they are not there yet
-            continue;
-          }
-          const ids = new Set<string>();
-          try {
-            const call = this.converse(ch, what, "ping", until, {
-              ids,
-              start: (send, fail) => {
-                ids.add(send("ping"));
-                const resend = setInterval(() => ids.add(send("ping")), 1000);
-                const watch = setInterval(() => isAlive && !isAlive() && fail(dead()), 100);
-                return () => {
-                  clearInterval(resend);
-                  clearInterval(watch);
-                };
-              },
-              parse: (fields) => PingFields.parse(fields)[1],
-            });
-            closed = call.closed;
-            const version = await call.result;
-            this.log.log("debug", "agent ready", { version, waitedMs: Date.now() - t0 });
-            return Date.now() - t0;
-          } catch (err) {
-            // EOF on <base>.out before QEMU opened it: try again; anything else is final.
-            if (err instanceof ForkvmError && err.details.reason === "closed" && !this.closed) {
-              await closed;
-              await sleep(50);
-              continue;
-            }
-            throw err;
-          }
-        }
-      } finally {
-        hold(closed.then(release));
+    const dead = () => (isAlive && !isAlive() ? new ForkvmError("AGENT", `Cannot ${what}: the VM is not running`, { details: { op: "ping", vm: this.base, reason: "vm-gone" } }) : undefined);
+    let last: unknown;
+    for (;;) {
+      const gone = dead();
+      if (gone) throw gone;
+      const left = until - Date.now();
+      if (left <= 0) {
+        const seen = last ? ` (last attempt: ${messageOf(last)})` : "";
+        throw new ForkvmError("TIMEOUT", `Cannot ${what}: no answer within ${deadlineMs} ms${seen}`, { details: { op: "ping", vm: this.base } });
       }
-    });
+      try {
+        const version = await this.call(PING, undefined, "ping the agent", Math.min(left, READY_PING_MS), this.replyCap, dead);
+        this.log.log("debug", "agent ready", { version, waitedMs: Date.now() - t0 });
+        return Date.now() - t0;
+      } catch (err) {
+        if (this.closed || !(err instanceof ForkvmError)) throw err;
+        const reason = err.details.reason;
+        const notYet = err.code === "AGENT" && (reason === "not-open" || reason === "no-fifos" || reason === "closed");
+        if (err.code !== "TIMEOUT" && !notYet) throw err;
+        last = err;
+        if (notYet) await sleep(READY_RETRY_MS);
+      }
+    }
   }
 
   /**
@@ -274,55 +116,15 @@ export class AgentClient {
    * (default 60 s; 0 = no limit): exit code 124 or 143 when it was killed, 127 when not found.
    */
   exec(argv: string[], opts: { stdin?: Buffer | string; timeoutMs?: number } = {}): Promise<ExecResult> {
-    if (!Array.isArray(argv) || argv.length === 0 || !argv[0]) {
-      return Promise.reject(new ForkvmError("INVALID_ARGUMENT", "Cannot exec in the guest: argv must be a non-empty array with a command first", { details: { field: "argv" } }));
-    }
-    if (argv.some((a) => typeof a !== "string" || a.includes("\0"))) {
-      return Promise.reject(new ForkvmError("INVALID_ARGUMENT", "Cannot exec in the guest: argv entries must be strings without NUL bytes", { details: { field: "argv" } }));
-    }
     const timeoutMs = opts.timeoutMs ?? DEFAULT_EXEC_TIMEOUT_MS;
-    if (!Number.isFinite(timeoutMs) || timeoutMs < 0) {
-      return Promise.reject(new ForkvmError("INVALID_ARGUMENT", `Cannot exec in the guest: timeoutMs must be >= 0, got ${timeoutMs}`, { details: { field: "timeoutMs" } }));
-    }
-    const seconds = Math.ceil(timeoutMs / 1000);
-    const words = ["exec", String(seconds), opts.stdin === undefined ? "-" : b64(opts.stdin), ...argv.map(b64)].join(" ");
-    const ids = new Set<string>();
-    return this.call("exec", `run ${JSON.stringify(argv[0])} in the guest`, timeoutMs === 0 ? Infinity : timeoutMs + EXEC_GRACE_MS, {
-      ids,
-      start: (send) => void ids.add(send(words)),
-      parse: (fields) => {
-        const [code, out, err] = ExecFields.parse(fields);
-        return { exitCode: Number(code), stdout: unb64(out), stderr: unb64(err) };
-      },
-    });
+    const deadline = timeoutMs === 0 ? Infinity : timeoutMs + EXEC_GRACE_MS;
+    const action = `run ${JSON.stringify(Array.isArray(argv) ? argv[0] : argv)} in the guest`;
+    return this.call(EXEC, { argv, stdin: opts.stdin, timeoutMs }, action, deadline, this.execCap);
   }
 
   /** Gives the guest its identity: hostname, MAC of eth0, clock, RNG seed, machine id. */
   identity(id: Identity, deadlineMs: number): Promise<void> {
-    if (!HOSTNAME_RE.test(id.hostname)) {
-      return Promise.reject(new ForkvmError("INVALID_ARGUMENT", `Cannot set the guest identity: hostname "${id.hostname}" is not a valid host name`, { details: { field: "hostname" } }));
-    }
-    if (!MAC_RE.test(id.mac)) {
-      return Promise.reject(new ForkvmError("INVALID_ARGUMENT", `Cannot set the guest identity: mac "${id.mac}" is not xx:xx:xx:xx:xx:xx`, { details: { field: "mac" } }));
-    }
-    const epoch = Math.floor(id.epochSeconds ?? Date.now() / 1000);
-    if (!Number.isFinite(epoch) || epoch < 0) {
-      return Promise.reject(new ForkvmError("INVALID_ARGUMENT", `Cannot set the guest identity: epochSeconds must be >= 0, got ${id.epochSeconds}`, { details: { field: "epochSeconds" } }));
-    }
-    const machineId = id.machineId ?? randomBytes(16).toString("hex");
-    if (!MACHINE_ID_RE.test(machineId)) {
-      return Promise.reject(new ForkvmError("INVALID_ARGUMENT", `Cannot set the guest identity: machineId must be 32 lowercase hex digits`, { details: { field: "machineId" } }));
-    }
-    const seed = id.seed ?? randomBytes(64);
-    const words = ["identity", b64(id.hostname), id.mac.toLowerCase(), String(epoch), b64(seed), machineId].join(" ");
-    const ids = new Set<string>();
-    return this.call("identity", "set the guest identity", deadlineMs, {
-      ids,
-      start: (send) => void ids.add(send(words)),
-      parse: (fields) => {
-        IdentityFields.parse(fields);
-      },
-    });
+    return this.call(IDENTITY, id, "set the guest identity", deadlineMs, this.replyCap);
   }
 
   /**
@@ -332,32 +134,93 @@ export class AgentClient {
   close(): void {
     this.closed = true;
     for (const ch of this.active) {
-      ch.onFailure(new ForkvmError("AGENT", "the client was closed", { details: { reason: "client-closed" } }));
+      ch.fail(new ForkvmError("AGENT", "the client was closed", { details: { reason: "client-closed" } }));
       ch.destroy();
     }
   }
 
   // -------------------------------------------------------------------------------------------
 
-  /** One request and its reply: `op` names the operation, `action` says what it does. */
-  private call<T>(op: string, action: string, deadlineMs: number, conv: Conversation<T>): Promise<T> {
+  /**
+   * One request and its reply. `action` says what the call does ("Cannot <action> ..."); `watch`,
+   * checked every 100 ms, ends the call at once with the error it returns.
+   */
+  private call<Req, Res>(op: AgentOp<Req, Res>, req: Req, action: string, deadlineMs: number, cap: Cap, watch?: () => ForkvmError | undefined): Promise<Res> {
+    const id = newId();
+    let line: string;
+    try {
+      line = requestLine(id, op, req);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const what = `${action} (agent ${this.base})`;
+    const fail = (err: ForkvmError) => new ForkvmError(err.code, `Cannot ${what}: ${err.message}`, { cause: err, details: { ...err.details, op: op.name, vm: this.base } });
     return this.serial(async (hold) => {
       const until = Date.now() + deadlineMs;
       const release = await this.lock(until, what);
       let closed: Promise<void> = Promise.resolve();
       try {
-        let ch: Channel;
+        if (this.closed) throw this.closedError();
+        const started = Date.now();
+        let settle!: (err: ForkvmError | undefined, value?: Res) => void;
+        const result = new Promise<Res>((resolve, reject) => {
+          let settled = false;
+          settle = (err, value) => {
+            if (settled) return;
+            settled = true;
+            if (err) reject(err);
+            else resolve(value as Res);
+          };
+        });
+        let ch: AgentChannel;
         try {
-          ch = this.open();
+          ch = AgentChannel.open(this.base, cap.bytes, {
+            onLine: (l) => {
+              if (l.length === 0) return; // requests and replies are separated by blank lines
+              if (replyId(l) !== id) {
+                this.log.log("debug", "discarding a stale agent line", { bytes: l.length });
+                return;
+              }
+              try {
+                settle(undefined, parseReply(l, op));
+              } catch (err) {
+                settle(err instanceof ForkvmError ? fail(err) : fail(new ForkvmError("AGENT", `malformed reply: ${messageOf(err)}`, { cause: err, details: { reason: "malformed" } })));
+              }
+            },
+            onOverflow: (head) => {
+              if (replyId(head) !== id) {
+                this.log.log("debug", "discarding a stale agent line longer than the cap", { limit: cap.bytes });
+                return;
+              }
+              settle(fail(new ForkvmError("AGENT", `the reply is longer than ${cap.bytes} bytes (the client's ${cap.option})`, { details: { reason: "too-long", limit: cap.bytes } })));
+            },
+            onFailure: (err) => settle(fail(err)),
+          });
         } catch (err) {
-          const code = (err as NodeJS.ErrnoException).code;
-          const why = code === "ENXIO" ? "QEMU has not opened the agent channel (not running?)" : code === "ENOENT" ? "the agent FIFOs do not exist" : messageOf(err);
-          throw new ForkvmError("AGENT", `Cannot ${what}: ${why}`, { cause: err, details: { op, vm: this.base } });
+          throw err instanceof ForkvmError ? fail(err) : err;
         }
-        const call = this.converse(ch, what, op, until, conv);
-        closed = call.closed;
-        return await call.result;
+        this.active.add(ch);
+        const timer = Number.isFinite(until)
+          ? setTimeout(() => settle(new ForkvmError("TIMEOUT", `Cannot ${what}: no answer within ${until - started} ms`, { details: { op: op.name, vm: this.base } })), Math.max(0, until - Date.now()))
+          : undefined;
+        const watcher = watch
+          ? setInterval(() => {
+              const e = watch();
+              if (e) settle(e);
+            }, 100)
+          : undefined;
+        void ch.send(line);
+        closed = result
+          .then(
+            () => undefined,
+            () => undefined,
+          )
+          .then(() => {
+            clearTimeout(timer);
+            clearInterval(watcher);
+            return ch.close(WRITE_DRAIN_MS).finally(() => this.active.delete(ch));
+          });
+        return await result;
       } finally {
         hold(closed.then(release));
       }
@@ -370,88 +233,15 @@ export class AgentClient {
    * or error at once, the next call waits.
    */
   private serial<T>(fn: (hold: (until: Promise<unknown>) => void) => Promise<T>): Promise<T> {
-    if (this.closed) return Promise.reject(new ForkvmError("AGENT", `Cannot call the agent of ${this.base}: the client was closed`));
+    if (this.closed) return Promise.reject(this.closedError());
     let held: Promise<unknown> = Promise.resolve();
     const run = this.queue.then(() => fn((p) => (held = p)));
     this.queue = run.then(() => held, () => held).catch(() => undefined);
     return run;
   }
 
-  private open(): Channel {
-    if (this.closed) throw new ForkvmError("AGENT", `Cannot call the agent of ${this.base}: the client was closed`);
-    return new Channel(this.base);
-  }
-
-  /**
-   * Sends the request(s) and waits for the reply with one of the call's ids, until `until`.
-   * `result` settles at the reply or the deadline; `closed` once the channel is closed, which
-   * waits (at most WRITE_DRAIN_MS) for the request to be written whole: a request abandoned
-   * half-written would be glued to the next one.
-   */
-  private converse<T>(ch: Channel, what: string, op: string, until: number, conv: Conversation<T>): { result: Promise<T>; closed: Promise<void> } {
-    this.active.add(ch);
-    const started = Date.now();
-    let timer: NodeJS.Timeout | undefined;
-    let stop: (() => void) | void;
-    const result = new Promise<T>((resolve, reject) => {
-      let settled = false;
-      const finish = (err: unknown, value?: T) => {
-        if (settled) return;
-        settled = true;
-        if (err) reject(err);
-        else resolve(value as T);
-      };
-      ch.onFailure = (err) => finish(new ForkvmError(err.code, `Cannot ${what}: ${err.message}`, { cause: err, details: { ...err.details, op, vm: this.base } }));
-      ch.onLine = (line) => {
-        if (line.length === 0) return; // requests and replies are separated by blank lines
-        const text = line.toString("latin1");
-        const words = text.split(" ");
-        if (!conv.ids.has(words[0] ?? "")) {
-          this.log.log("debug", "discarding a stale agent line", { head: text.slice(0, 40) });
-          return;
-        }
-        const parsed = Reply.safeParse(words);
-        if (!parsed.success) {
-          return finish(new ForkvmError("AGENT", `Cannot ${what}: malformed reply "${text.slice(0, 80)}"`, { details: { op, vm: this.base, issues: parsed.error.issues } }));
-        }
-        const [, status, ...fields] = parsed.data;
-        if (status === "err") {
-          const msg = unb64(fields[0] as string).toString("utf8") || "unknown error";
-          return finish(new ForkvmError("AGENT", `Cannot ${what}: ${msg}`, { details: { op, vm: this.base } }));
-        }
-        try {
-          finish(undefined, conv.parse(fields as string[]));
-        } catch (err) {
-          finish(new ForkvmError("AGENT", `Cannot ${what}: malformed reply "${text.slice(0, 80)}": ${messageOf(err)}`, { cause: err, details: { op, vm: this.base } }));
-        }
-      };
-      if (Number.isFinite(until)) {
-        const left = Math.max(0, until - Date.now());
-        timer = setTimeout(() => finish(new ForkvmError("TIMEOUT", `Cannot ${what}: no answer within ${until - started} ms`, { details: { op, vm: this.base } })), left);
-      }
-      try {
-        stop = conv.start(
-          (words) => {
-            const id = newId();
-            // The leading newline ends any partial line an earlier client may have left.
-            void ch.send(`\n${id} ${words}\n`);
-            return id;
-          },
-          (err) => finish(err),
-        );
-      } catch (err) {
-        finish(err);
-      }
-    });
-    const closed = result.then(
-      () => undefined,
-      () => undefined,
-    ).then(() => {
-      clearTimeout(timer);
-      stop?.();
-      return ch.close(WRITE_DRAIN_MS).finally(() => this.active.delete(ch));
-    });
-    return { result, closed };
+  private closedError(): ForkvmError {
+    return new ForkvmError("AGENT", `Cannot call the agent of ${this.base}: the client was closed`, { details: { reason: "client-closed", vm: this.base } });
   }
 
   private async lock(until: number, what: string): Promise<() => Promise<void>> {
@@ -470,7 +260,7 @@ export class AgentClient {
         return () => release().catch(() => undefined);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== "ELOCKED") {
-          throw new ForkvmError("AGENT", `Cannot ${what}: cannot take the agent lock ${file}: ${messageOf(err)}`, { cause: err });
+          throw new ForkvmError("AGENT", `Cannot ${what}: cannot take the agent lock ${file}: ${messageOf(err)}`, { cause: err, details: { reason: "lock" } });
         }
         if (Date.now() >= until) {
           throw new ForkvmError("TIMEOUT", `Cannot ${what}: another call held the agent lock ${file} until the deadline`, { details: { vm: this.base } });
@@ -479,4 +269,10 @@ export class AgentClient {
       }
     }
   }
+}
+
+function positive(v: number | undefined, dflt: number, field: string): number {
+  if (v === undefined) return dflt;
+  if (!Number.isSafeInteger(v) || v < 1) throw new ForkvmError("INVALID_ARGUMENT", `Cannot create the agent client: ${field} must be a positive whole number of bytes, got ${v}`, { details: { field } });
+  return v;
 }
