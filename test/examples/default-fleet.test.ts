@@ -34,7 +34,7 @@ test("with a Pulumi CLI on PATH, npm run up runs it on a file backend with an em
   const bin = fs.mkdtempSync(path.join(process.env.FORKVM_TEST_HOME ?? "/tmp", "fake-pulumi-"));
   const logFile = path.join(bin, "calls");
   fs.writeFileSync(path.join(bin, "pulumi"), `#!/bin/sh\necho "$PULUMI_BACKEND_URL|[$PULUMI_CONFIG_PASSPHRASE]|$*" >> ${logFile}\n`, { mode: 0o755 });
-  const r = await run(process.execPath, [path.join(ROOT, "dist", "provider", "up.js")], { cwd: ROOT, env: { PATH: `${bin}:${process.env.PATH}`, PULUMI_CONFIG_PASSPHRASE: "" } });
+  const r = await run(process.execPath, [path.join(ROOT, "dist", "deploy", "up.js")], { cwd: ROOT, env: { PATH: `${bin}:${process.env.PATH}`, PULUMI_CONFIG_PASSPHRASE: "" } });
   assert.is(r.code, 0, r.err);
   const calls = fs.readFileSync(logFile, "utf8").trim().split("\n");
   const backend = `file://${path.join(process.env.FORKVM_HOME!, "pulumi")}`;

@@ -5,7 +5,7 @@
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { ProviderHost } from "../../provider/host";
+import { ProviderHost } from "../../deploy/provider-host";
 import { ROOT } from "../provider/harness";
 
 type Props = Record<string, any>;
@@ -55,7 +55,7 @@ function mockOutputs(type: string, name: string, inputs: Props): Props {
  */
 export async function runUnderMocks(projectDir: string, config: Record<string, string> = {}): Promise<{ registrations: Registration[]; outputs: Props; logs: string[] }> {
   const pulumi = require("@pulumi/pulumi");
-  const { readProject } = require("../../provider/local-deploy");
+  const { readProject } = require("../../deploy/offline");
   const project = readProject(projectDir);
   const registrations: Registration[] = [];
   const logs: string[] = [];
@@ -123,7 +123,7 @@ export function run(cmd: string, args: string[], opts: { cwd: string; env?: Node
 
 /** `npm run up` without the Pulumi CLI, for the project in `projectDir`. */
 export function up(projectDir: string, ...args: string[]) {
-  return run(process.execPath, [path.join(ROOT, "dist", "provider", "up.js"), projectDir, ...args], { cwd: projectDir, env: { FORKVM_NO_PULUMI_CLI: "1" } });
+  return run(process.execPath, [path.join(ROOT, "dist", "deploy", "up.js"), projectDir, ...args], { cwd: projectDir, env: { FORKVM_NO_PULUMI_CLI: "1" } });
 }
 
 /** The stack outputs `up` printed last. */

@@ -5,7 +5,7 @@ import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { Engine } from "../../engine";
-import { PACKAGE_ROOT } from "../../provider/host";
+import { PACKAGE_ROOT } from "../../deploy/provider-host";
 
 export const ROOT = PACKAGE_ROOT;
 
@@ -21,8 +21,9 @@ function newest(dir: string, ext: string): number {
 
 /** Runs `tsc` when dist/ is missing or older than the sources the host loads. */
 export function ensureBuilt(): void {
-  const sources = Math.max(...["engine", "provider", "schema", "sdk"].map((d) => newest(path.join(ROOT, d), ".ts")));
-  const built = fs.existsSync(path.join(ROOT, "dist", "provider")) ? Math.min(...["engine", "provider", "schema", "sdk"].map((d) => newest(path.join(ROOT, "dist", d), ".js"))) : 0;
+  const dirs = ["engine", "provider", "deploy", "schema", "sdk"];
+  const sources = Math.max(...dirs.map((d) => newest(path.join(ROOT, d), ".ts")));
+  const built = dirs.every((d) => fs.existsSync(path.join(ROOT, "dist", d))) ? Math.min(...dirs.map((d) => newest(path.join(ROOT, "dist", d), ".js"))) : 0;
   if (built < sources) execFileSync(process.execPath, [require.resolve("typescript/bin/tsc"), "-p", path.join(ROOT, "tsconfig.json")], { cwd: ROOT, stdio: "inherit" });
 }
 

@@ -4,7 +4,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { deadline } from "../helpers/deadline";
-import { LogSink, ProviderHost, HostError } from "../../provider/host";
+import { LogSink, ProviderHost, HostError } from "../../deploy/provider-host";
 import { instantClonePoolProvider, parentVmProvider, templateProvider } from "../../provider/serialisable";
 import { engine, ensureBuilt, qemuOfThisSuite, removeAll, ROOT, secs, serialised, urnOf } from "./harness";
 

@@ -3,7 +3,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { deadline } from "../helpers/deadline";
-import { LogSink } from "../../provider/host";
+import { LogSink } from "../../deploy/provider-host";
 import { engineAddress, labelOf, reporter } from "../../provider/report";
 
 const test = suite("report");

@@ -1,14 +1,14 @@
 // `npm run up`: deploys a Pulumi program (default: the root program, the default fleet) with the
 // Pulumi CLI on a local file backend and an empty passphrase, so no Pulumi account is needed.
 // Without the CLI it says how to install it, then runs the same program through Pulumi's own
-// dynamic-provider host (local-deploy.ts), so the fleet really comes up on this machine.
+// dynamic-provider host (offline.ts), so the fleet really comes up on this machine.
 //   npm run up [-- <projectDir>] [-- --preview | --destroy | --refresh] [--stack dev]
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { buildDefaultImage, defaultHome, loadImage } from "../engine";
-import { deploy, readProject, type Mode } from "./local-deploy";
-import { PACKAGE_ROOT } from "./host";
+import { deploy, readProject, type Mode } from "./offline";
+import { PACKAGE_ROOT } from "./provider-host";
 
 export const INSTALL_HINT = [
   "The Pulumi CLI is not installed. To use the real thing:",

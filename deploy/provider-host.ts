@@ -1,8 +1,8 @@
 // Drives Pulumi's own dynamic-provider host (the node process the Pulumi CLI starts for dynamic
 // resources, `@pulumi/pulumi/cmd/dynamic-provider`) over gRPC, as the CLI does: Check, Diff,
-// Create, Read, Update, Delete, each carrying the serialised provider in `__provider`. Also a
-// stand-in for the CLI's engine endpoint that receives the provider's Log messages.
-// Used by `npm run up` when the Pulumi CLI is missing, and by the tests.
+// Create, Read, Update, Delete, each carrying the serialised provider in `__provider`; and LogSink,
+// a stand-in for the CLI's engine endpoint that receives the providers' Log calls.
+// Used by the offline deployment (deploy/offline.ts) and by the tests; not part of the package's exports.
 import { spawn, type ChildProcess } from "node:child_process";
 import * as path from "node:path";
 

@@ -8,8 +8,8 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { defaultHome } from "../engine";
-import { UNKNOWN } from "./common";
-import { HostError, LogSink, ProviderHost, type LogEntry } from "./host";
+import { UNKNOWN } from "../provider/common";
+import { HostError, LogSink, ProviderHost, type LogEntry } from "./provider-host";
 
 type Props = Record<string, any>;
 
