@@ -1,10 +1,11 @@
 #!/bin/sh
 # forkvm guest agent: answers one-line requests on a virtio-serial port. POSIX sh, needs only
 # busybox or coreutils + awk (base64, dd, timeout, date, ip). Usage: agent.sh /dev/vportNpM
-# Request "<id> <op> <arg>..." (free-text args base64, "-" = empty); reply "<id> ok <fields>..."
-# or "<id> err <base64 message>". The agent never exits: EOF or errors re-open the port.
+# The wire protocol (requests, replies, ids, sizes, EOF, versioning) is written down once, in
+# engine/guest/PROTOCOL.md; the host's side is engine/guest/protocol.ts. Keep all three in step.
+# The agent never exits: EOF or errors re-open the port.
 
-AGENT_VERSION=1
+AGENT_VERSION=1 # PROTOCOL.md, "Versioning"
 port=$1
 PATH=${PATH:-/usr/sbin:/usr/bin:/sbin:/bin}
 HOME=${HOME:-/root}
@@ -55,8 +56,9 @@ unb64() { [ "$1" = - ] || printf '%s' "$1" | base64 -d; }
 b64file() { if [ -s "$1" ]; then base64 -w 0 <"$1"; else printf %s -; fi; }
 b64str() { if [ -n "$1" ]; then printf %s "$1" | base64 -w 0; else printf %s -; fi; }
 
-# Sends $work/resp (one complete line) in a single write (dd: one block; the kernel may still
-# split it into 32 KiB virtio buffers, which the host reassembles).
+# Sends $work/resp (one complete line) in as few writes as dd can: one block of up to 4 MiB,
+# more for a longer line (the kernel may still split it into 32 KiB virtio buffers, which the
+# host reassembles). The host caps reply lines (PROTOCOL.md, "Size limits").
 send() {
   size=$(wc -c <"$work/resp")
   size=$((size + 0))
