@@ -6,7 +6,7 @@ import { performance } from "node:perf_hooks";
 import type { Engine } from "../engine/engine";
 import { doctor } from "../engine/doctor";
 import { availableMemoryMiB } from "../engine/host";
-import type { VmManifest } from "../engine/manifest";
+import type { VmManifest } from "../engine/state/manifest";
 import { median, medianFields, round } from "./stats";
 
 export interface BenchCtx {

@@ -1,6 +1,6 @@
 // What every engine operation receives: the store, a logger, and a progress callback.
 import type { Logger } from "./log";
-import type { Store } from "./store";
+import type { Store } from "./state/store";
 
 export interface Progress {
   /** A short step name, e.g. "boot", "init", "fork". */

@@ -4,7 +4,7 @@ import * as path from "node:path";
 import { availableMemoryMiB, chooseAccel, fsInfo, qemuVersion, resolveMachine, type AccelProbe } from "./host";
 import { messageOf } from "./errors";
 import { cacheDir, loadImage } from "./image";
-import type { Store } from "./store";
+import type { Store } from "./state/store";
 
 export interface DoctorReport {
   qemu: { version?: string; machine?: string; error?: string };

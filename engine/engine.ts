@@ -2,14 +2,16 @@
 // with one method per operation. The CLI and the Pulumi providers use only this.
 import type { Ctx, Progress } from "./context";
 import { makeLogger, silentLogger, type Logger } from "./log";
-import { Store, defaultHome, defaultMemDir } from "./store";
-import { createParent, type ParentArgs } from "./parent";
-import { createTemplate, type TemplateArgs } from "./template";
-import { forkChildren, type ForkArgs, type ForkResult } from "./fork";
-import { childrenOf, execVm, gc, info, remove, resetVm, setMetadata, startVm, stopVm, type RemoveResult, type VmInfo } from "./lifecycle";
+import { Store, defaultHome, defaultMemDir } from "./state/store";
+import { createParent, type ParentArgs } from "./ops/parent";
+import { createTemplate, type TemplateArgs } from "./ops/template";
+import { forkChildren, type ForkArgs, type ForkResult } from "./ops/fork";
+import { childrenOf, execVm, gc, info, remove, resetVm, setMetadata, startVm, stopVm, type RemoveResult, type VmInfo } from "./ops/lifecycle";
+import { applyPool, findPool, listPools, planPoolChange, poolInfo, removePool, type ApplyResult, type PlanHints, type PoolArgs, type PoolChange, type PoolInfo } from "./ops/pool";
 import { memoryStats, type MemoryStats } from "./stats";
-import type { TemplateManifest, VmManifest } from "./manifest";
+import type { TemplateManifest, VmManifest } from "./state/manifest";
 import { ForkvmError } from "./errors";
+import { checkName } from "./spec";
 
 export interface EngineOptions {
   home?: string;
@@ -58,13 +60,44 @@ export class Engine {
     return this.store.listTemplates().map((t) => this.withChildren(t, vms));
   }
 
-  /** A VM or a template by name. Throws NOT_FOUND. */
-  inspect(name: string): { kind: "vm"; vm: VmInfo } | { kind: "template"; template: TemplateInfo } {
+  /** A VM, template or pool by name (one namespace). Throws INVALID_ARGUMENT, NOT_FOUND. */
+  inspect(name: string): { kind: "vm"; vm: VmInfo } | { kind: "template"; template: TemplateInfo } | { kind: "pool"; pool: PoolInfo } {
+    checkName(name, "name", "inspect");
     const vm = this.findVm(name);
     if (vm) return { kind: "vm", vm };
     const template = this.findTemplate(name);
     if (template) return { kind: "template", template };
-    throw new ForkvmError("NOT_FOUND", `Cannot inspect ${name}: no VM or template of that name in ${this.store.home}`);
+    const pool = this.findPool(name);
+    if (pool) return { kind: "pool", pool };
+    throw new ForkvmError("NOT_FOUND", `Cannot inspect ${name}: no VM, template or pool of that name in ${this.store.home}`);
+  }
+
+  /** What applying `args` would do and cost; changes nothing. */
+  planPool(args: PoolArgs, hints?: PlanHints): PoolChange {
+    return planPoolChange(this.ctx, args, hints);
+  }
+
+  /** Creates or updates a pool: resize, heal, roll. Per-child failures are in `errors`. */
+  applyPool(args: PoolArgs): Promise<ApplyResult> {
+    return applyPool(this.ctx, args);
+  }
+
+  /** Throws NOT_FOUND when there is no such pool. */
+  pool(name: string): PoolInfo {
+    return poolInfo(this.ctx, name);
+  }
+
+  findPool(name: string): PoolInfo | undefined {
+    return findPool(this.ctx, name);
+  }
+
+  listPools(): PoolInfo[] {
+    return listPools(this.ctx);
+  }
+
+  /** Removes a pool and the children it owns; safe to repeat. */
+  removePool(name: string): Promise<string[]> {
+    return removePool(this.ctx, checkName(name, "name", "remove pool"));
   }
 
   /** Throws NOT_FOUND when there is no such VM. */
@@ -115,8 +148,15 @@ export class Engine {
     return resetVm(this.ctx, name);
   }
 
-  remove(names: string[], opts?: { force?: boolean }): Promise<RemoveResult[]> {
-    return remove(this.ctx, names, opts);
+  /** Removes VMs, templates and pools by name (see lifecycle.remove); a pool takes the children it owns with it. */
+  async remove(names: string[], opts?: { force?: boolean }): Promise<RemoveResult[]> {
+    for (const n of names) checkName(n, "name", "remove");
+    const out: RemoveResult[] = [];
+    for (const n of names) {
+      if (this.store.exists("pools", n)) out.push({ name: n, kind: "pool", removed: await removePool(this.ctx, n) });
+      else out.push(...(await remove(this.ctx, [n], opts)));
+    }
+    return out;
   }
 
   gc(minAgeMs?: number): Promise<string[]> {

@@ -7,7 +7,7 @@ import { spawn } from "node:child_process";
 import { ForkvmError } from "./errors";
 import { qemuBinary, run } from "./qemu/process";
 import type { Accel } from "./qemu/argv";
-import { writeFileAtomic } from "./store";
+import { writeFileAtomic } from "./util/atomic-write";
 
 export type AccelChoice = Accel | "auto";
 

@@ -1,7 +1,7 @@
 // Memory accounting per VM from /proc/<pid>/smaps: RSS, PSS, private memory, and how much of
 // the guest RAM is still the template's pages (shared copy-on-write, not yet copied).
 import * as fs from "node:fs";
-import type { VmManifest } from "./manifest";
+import type { VmManifest } from "./state/manifest";
 import { isAlive } from "./qemu/process";
 
 export interface MemoryStats {

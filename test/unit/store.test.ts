@@ -3,7 +3,7 @@ import * as assert from "uvu/assert";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { Store, defaultHome, defaultMemDir } from "../../engine/store";
+import { Store, defaultHome, defaultMemDir } from "../../engine/state/store";
 import { ForkvmError } from "../../engine/errors";
 import { deadline } from "../helpers/deadline";
 

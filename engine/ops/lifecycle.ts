@@ -2,28 +2,27 @@
 // removal (idempotent; a template with children is kept unless forced) and garbage collection.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { ForkvmError, messageOf } from "./errors";
-import type { Ctx } from "./context";
-import type { TemplateManifest, VmManifest } from "./manifest";
-import { isAlive, killQemu } from "./qemu/process";
-import { Qmp } from "./qemu/qmp";
-import { vmPaths } from "./qemu/argv";
-import { bootVm } from "./parent";
-import { checkTemplate, forkInto } from "./fork";
-import { Undo } from "./undo";
-import { agentFor, quitInstance, requireAlive } from "./vm";
-import { writeMetadata } from "./metadata";
+import { ForkvmError, messageOf } from "../errors";
+import type { Ctx } from "../context";
+import type { PoolManifest, TemplateManifest, VmManifest } from "../state/manifest";
+import { KINDS } from "../state/store";
+import { statusOf, transition, type VmStatus } from "../state/transitions";
+import { isAlive, killQemu } from "../qemu/process";
+import { Qmp } from "../qemu/qmp";
+import { vmPaths } from "../qemu/argv";
+import { Undo } from "../undo";
+import { parseArgs, Metadata } from "../spec";
+import { agentFor, quitInstance, requireAlive, withAgent } from "../instance/launch";
+import { bootVm } from "../instance/boot";
+import { forkInto } from "../instance/fork-into";
+import { checkTemplate } from "../instance/template-files";
+import { writeMetadata } from "../instance/metadata";
 
-export type VmStatus = "creating" | "running" | "stopped" | "crashed" | "consumed";
+export { statusOf, type VmStatus };
 
 export interface VmInfo extends VmManifest {
   /** The manifest's state reconciled with the process: a dead `running` VM is `crashed`. */
   status: VmStatus;
-}
-
-export function statusOf(vm: VmManifest): VmStatus {
-  if (vm.state === "running" || vm.state === "creating") return isAlive(vm.pid, vm.token) ? vm.state : vm.state === "running" ? "crashed" : "creating";
-  return vm.state;
 }
 
 export function info(vm: VmManifest): VmInfo {
@@ -43,7 +42,7 @@ export async function stopVm(ctx: Ctx, name: string): Promise<VmInfo> {
   const { store } = ctx;
   return store.withLock("vms", name, async () => {
     const vm = store.getVm(name);
-    if (vm.state === "consumed") throw new ForkvmError("CONFLICT", `Cannot stop VM ${name}: it was consumed by template ${vm.templates?.at(-1)}`);
+    const to = transition(vm, "stop");
     const dir = store.dir("vms", name);
     const keepsDisk = vm.role === "parent" || vm.persistent === true;
     if (isAlive(vm.pid, vm.token) && keepsDisk) {
@@ -56,7 +55,7 @@ export async function stopVm(ctx: Ctx, name: string): Promise<VmInfo> {
     }
     await killQemu(vm.pid, vm.token, 3000); // a no-op after quitInstance
     if (!keepsDisk && vm.diskPath) fs.rmSync(vm.diskPath, { force: true });
-    const stopped: VmManifest = { ...vm, state: "stopped", pid: undefined };
+    const stopped: VmManifest = { ...vm, state: to, pid: undefined };
     store.writeVm(stopped);
     return info(stopped);
   });
@@ -64,20 +63,20 @@ export async function stopVm(ctx: Ctx, name: string): Promise<VmInfo> {
 
 /**
  * Starts a stopped (or crashed) VM: parents and persistent children cold-boot from their own
- * disk; non-persistent children are forked afresh from their template. Throws CONFLICT when it
- * runs already, NOT_FOUND when a non-persistent child's template is gone.
+ * disk (a parent runs its init commands again, so it is warm again); non-persistent children are
+ * forked afresh from their template. Every VM gets its metadata again. Throws CONFLICT when it
+ * runs already, NOT_FOUND when a non-persistent child's template is gone, AGENT when an init
+ * command fails (the VM is then left stopped).
  */
 export async function startVm(ctx: Ctx, name: string, deadlineMs = 300_000): Promise<VmInfo> {
   const { store } = ctx;
   return store.withLock("vms", name, async () => {
     const vm = store.getVm(name);
-    const status = statusOf(vm);
-    if (status === "running") throw new ForkvmError("CONFLICT", `Cannot start VM ${name}: it is running`);
-    if (status === "consumed") throw new ForkvmError("CONFLICT", `Cannot start VM ${name}: it was consumed by template ${vm.templates?.at(-1)}`);
+    transition(vm, "start");
     return relaunch(ctx, vm, (undo) =>
       vm.role === "child" && !vm.persistent
         ? forkInto(ctx, wholeTemplateOf(ctx, vm), vm, deadlineMs, undo)
-        : bootVm(ctx, vm, [`forkvm.hostname=${vm.hostname}`], deadlineMs, undo));
+        : bootVm(ctx, vm, deadlineMs, undo));
   });
 }
 
@@ -111,9 +110,7 @@ export async function resetVm(ctx: Ctx, name: string, deadlineMs = 60_000): Prom
   const { store } = ctx;
   return store.withLock("vms", name, async () => {
     const vm = store.getVm(name);
-    if (vm.role !== "child" || vm.persistent) {
-      throw new ForkvmError("CONFLICT", `Cannot reset VM ${name}: only non-persistent children reset to their template (this is a ${vm.role === "child" ? "persistent child: stop/start keeps its disk" : "parent"})`);
-    }
+    transition(vm, "reset");
     const t = wholeTemplateOf(ctx, vm); // before the running instance is killed
     await killQemu(vm.pid, vm.token, 500);
     return relaunch(ctx, vm, (undo) => forkInto(ctx, t, vm, deadlineMs, undo));
@@ -124,15 +121,15 @@ export async function resetVm(ctx: Ctx, name: string, deadlineMs = 60_000): Prom
  * Replaces a VM's metadata: in its manifest, and in the guest when it runs (a stopped VM gets it
  * at its next start). Throws NOT_FOUND, INVALID_ARGUMENT (a bad key) or AGENT.
  */
-export async function setMetadata(ctx: Ctx, name: string, metadata: Record<string, string>): Promise<VmInfo> {
+export async function setMetadata(ctx: Ctx, name: string, input: Record<string, string>): Promise<VmInfo> {
+  const metadata = parseArgs(Metadata, input, `set the metadata of ${name}`);
   const { store } = ctx;
   return store.withLock("vms", name, async () => {
     const vm = { ...store.getVm(name), metadata };
-    if (isAlive(vm.pid, vm.token)) {
-      const agent = agentFor(store.dir("vms", name));
-      try { await writeMetadata(agent, metadata); } finally { agent.close(); }
-    }
+    transition(vm, "set-metadata");
+    // The manifest first: a guest that misses this write gets it at its next start or reset.
     store.writeVm(vm);
+    if (isAlive(vm.pid, vm.token)) await withAgent(store.dir("vms", name), (agent) => writeMetadata(agent, metadata));
     return info(vm);
   });
 }
@@ -140,18 +137,14 @@ export async function setMetadata(ctx: Ctx, name: string, metadata: Record<strin
 /** Runs argv in the guest (verbatim, no shell). Throws NOT_FOUND, CONFLICT, AGENT or TIMEOUT. */
 export async function execVm(ctx: Ctx, name: string, argv: string[], opts: { stdin?: Buffer | string; timeoutMs?: number } = {}) {
   const vm = ctx.store.getVm(name);
+  transition(vm, "exec");
   requireAlive(vm);
-  const agent = agentFor(ctx.store.dir("vms", name));
-  try {
-    return await agent.exec(argv, opts);
-  } finally {
-    agent.close();
-  }
+  return withAgent(ctx.store.dir("vms", name), (agent) => agent.exec(argv, opts));
 }
 
 export interface RemoveResult {
   name: string;
-  kind: "vm" | "template" | "absent";
+  kind: "vm" | "template" | "pool" | "absent";
   removed: string[];
 }
 
@@ -207,13 +200,13 @@ export async function gc(ctx: Ctx, minAgeMs = 60_000): Promise<string[]> {
   const { store } = ctx;
   const removed: string[] = [];
   const old = (p: string) => { try { return Date.now() - fs.statSync(p).mtimeMs > minAgeMs; } catch { return false; } };
-  for (const kind of ["vms", "templates"] as const) {
+  for (const kind of KINDS) {
     for (const name of store.names(kind)) {
       const dir = store.dir(kind, name);
-      let valid: VmManifest | TemplateManifest | undefined;
-      try { valid = kind === "vms" ? store.findVm(name) : store.findTemplate(name); } catch { valid = undefined; }
+      let valid: VmManifest | TemplateManifest | PoolManifest | undefined;
+      try { valid = kind === "vms" ? store.findVm(name) : kind === "templates" ? store.findTemplate(name) : store.findPool(name); } catch { valid = undefined; }
       const abandoned = !valid || (valid.kind === "vm" && valid.state === "creating" && !isAlive(valid.pid, valid.token));
-      if (abandoned && old(dir) && !fs.existsSync(`${dir}.lock`)) {
+      if (abandoned && old(dir) && !store.isLocked(kind, name)) {
         if (valid?.kind === "vm") await killQemu(valid.pid, valid.token, 500);
         store.remove(kind, name);
         removed.push(`${kind}/${name}`);

@@ -5,35 +5,26 @@
 //             overlay, resume it; a paused builder QEMU turns the stream into a normal template.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { createHash, randomBytes } from "node:crypto";
-import { z } from "zod";
-import { ForkvmError } from "./errors";
-import type { Ctx } from "./context";
-import { Name, type TemplateManifest, type VmManifest } from "./manifest";
-import { createDisk, isAlive, killQemu } from "./qemu/process";
-import { Qmp } from "./qemu/qmp";
-import { vmPaths } from "./qemu/argv";
-import { parseArgs } from "./validate";
-import { Undo } from "./undo";
-import { ensureOverlayPrototype } from "./fork";
-import { newToken, qemuFailure, quitInstance, requireAlive, startInstance, waitMigration, waitStatus } from "./vm";
+import { randomBytes } from "node:crypto";
+import type { z } from "zod";
+import type { Ctx } from "../context";
+import type { TemplateManifest, VmManifest } from "../state/manifest";
+import { transition } from "../state/transitions";
+import { TemplateArgs, parseArgs } from "../spec";
+import { createDisk, isAlive, killQemu } from "../qemu/process";
+import { Qmp } from "../qemu/qmp";
+import { vmPaths } from "../qemu/argv";
+import { waitMigration, waitStatus } from "../qemu/wait";
+import { Undo } from "../undo";
+import { sha256 } from "../util/hash";
+import { ensureOverlayPrototype } from "../instance/template-files";
+import { newToken } from "../instance/identity";
+import { qemuFailure, quitInstance, requireAlive, startInstance } from "../instance/launch";
 
-export const TemplateArgs = z.object({
-  name: Name,
-  parent: Name,
-  source: z.enum(["frozen", "running"]).default("frozen"),
-  /** running mode: the longest pause QEMU may aim for at the end of the live migration. */
-  downtimeLimitMs: z.number().int().min(1).max(10_000).default(30),
-  /**
-   * The longest wait for the parent's vCPU to go idle before the template is taken (a guest that
-   * just booted keeps busy for ~1 s, and every child would redo that work, cold); 0: at once.
-   */
-  quiesceTimeoutMs: z.number().int().min(0).max(60_000).default(5000),
-}).strict();
-export type TemplateArgs = z.input<typeof TemplateArgs>;
+export { TemplateArgs };
 
 function sha256File(file: string): string {
-  return createHash("sha256").update(fs.readFileSync(file)).digest("hex");
+  return sha256(fs.readFileSync(file));
 }
 
 function newGeneration(): string {
@@ -99,7 +90,7 @@ export async function createTemplate(ctx: Ctx, input: TemplateArgs): Promise<Tem
   const { store } = ctx;
   return store.withLock("vms", args.parent, async () => {
     const parent = store.getVm(args.parent);
-    if (parent.state !== "running") throw new ForkvmError("CONFLICT", `Cannot template VM ${parent.name}: it is ${parent.state}, not running`, { details: { field: "parent" } });
+    transition(parent, args.source === "frozen" ? "capture-frozen" : "capture-running");
     requireAlive(parent);
     const dir = store.reserve("templates", args.name);
     const quiesce = args.quiesceTimeoutMs > 0 ? await waitQuiet(parent.pid!, args.quiesceTimeoutMs) : { waitedMs: 0, quiet: false };

@@ -1,9 +1,8 @@
-// zod schemas of the manifests the engine keeps on disk, one per VM and per template.
+// zod schemas of the manifests the engine keeps on disk, one per VM, template and pool.
 // Every manifest carries `version`; an object exists when its manifest validates.
+// New fields are optional, so older manifests stay valid; a change that is not must bump `version`.
 import { z } from "zod";
-
-export const NAME_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
-export const Name = z.string().regex(NAME_RE, "lower-case letters, digits and '-', 1 to 63 characters, starting with a letter or digit");
+import { Name, PoolFields } from "../spec";
 
 export const PortForward = z.object({
   host: z.number().int().min(1).max(65535),
@@ -55,6 +54,8 @@ export const VmManifest = z.object({
   /** How the current instance started: a cold boot from the image, or a fork. */
   startedBy: z.enum(["boot", "fork"]),
   metadata: z.record(z.string(), z.string()).optional(),
+  /** Children of a pool: the pool that created (and owns) it, and its index there. */
+  pool: z.object({ name: Name, index: z.number().int().min(1) }).strict().optional(),
   timings: z.record(z.string(), z.number()).optional(),
 }).strict();
 export type VmManifest = z.infer<typeof VmManifest>;
@@ -79,3 +80,27 @@ export const TemplateManifest = z.object({
   timings: z.record(z.string(), z.number()),
 }).strict();
 export type TemplateManifest = z.infer<typeof TemplateManifest>;
+
+/** A child a pool owns: recorded when the pool creates (or adopts) it. */
+export const PoolChildRecord = z.object({
+  name: Name,
+  index: z.number().int().min(1),
+  /** The VM's createdAt when the pool made it: a later object of the same name is not this child. */
+  createdAt: z.string(),
+}).strict();
+export type PoolChildRecord = z.infer<typeof PoolChildRecord>;
+
+export const PoolManifest = z.object({
+  version: z.literal(1),
+  kind: z.literal("pool"),
+  name: Name,
+  createdAt: z.string(),
+  updatedAt: z.string(),
+  /** What was last declared (defaults applied). */
+  spec: PoolFields.extend({ name: Name }),
+  /** The template generation the pool runs or rolls to. */
+  generation: z.string().optional(),
+  /** The children the pool owns. It never touches an object that is not listed here. */
+  children: z.array(PoolChildRecord),
+}).strict();
+export type PoolManifest = z.infer<typeof PoolManifest>;

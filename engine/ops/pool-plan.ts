@@ -1,6 +1,6 @@
 // How a pool gets from the fleet that runs to the fleet that is declared, as a pure plan:
 // remove extra children, heal dead ones, add missing ones, then roll outdated ones in batches.
-import type { VmStatus } from "../schema/parent-vm";
+import type { VmStatus } from "../state/transitions";
 
 export interface LiveChild {
   name: string;
@@ -12,6 +12,8 @@ export interface LiveChild {
   mac: string;
   /** The forwards' guest ports and protocols, and host ports. */
   forwards: Array<{ guest: number; host: number; proto: string }>;
+  /** Its metadata differs from what the pool now declares for it. */
+  metadataStale?: boolean;
 }
 
 export interface DesiredPool {
@@ -116,7 +118,7 @@ export function untouched(p: PoolPlan, live: LiveChild[], d: DesiredPool): LiveC
 }
 
 /** The plan in lines a user reads in a preview; empty when nothing is to be done. */
-export function describePlan(p: PoolPlan, d: DesiredPool, metadataChanged = false, live: LiveChild[] = []): string[] {
+export function describePlan(p: PoolPlan, d: DesiredPool, live: LiveChild[] = []): string[] {
   const lines: string[] = [];
   const list = (names: string[]) => (names.length > 6 ? `${names.slice(0, 6).join(", ")}, …` : names.join(", "));
   if (p.remove.length) lines.push(`remove ${p.remove.length} (${list(p.remove)})`);
@@ -127,7 +129,7 @@ export function describePlan(p: PoolPlan, d: DesiredPool, metadataChanged = fals
     const first = p.outdated[rolled[0]];
     lines.push(`roll ${rolled.length} (${first}) in ${p.batches.length} batch${p.batches.length > 1 ? "es" : ""} of at most ${p.batches[0].length}`);
   }
-  const rewrite = metadataChanged ? untouched(p, live, d).length : 0;
+  const rewrite = untouched(p, live, d).filter((c) => c.metadataStale).length;
   if (rewrite) lines.push(`rewrite /etc/forkvm/metadata in ${rewrite} running ${rewrite === 1 ? "child" : "children"}`);
   return lines;
 }

@@ -1,8 +1,25 @@
 // What a pool costs, computed in check so `pulumi preview` shows it: memory shared with the
 // template (once) versus private per child, delta disks, and a warning when the host lacks room.
 // Pure: the caller supplies the template's shape, measured figures and the host's free memory.
-import type { Shape } from "../schema/common";
-import type { Estimate } from "../schema/instant-clone-pool";
+
+/** The guest shape a template passes on to its pool: what the estimate needs. */
+export interface Shape {
+  memoryMiB: number;
+  vcpus: number;
+  diskMiB: number;
+  accel: "auto" | "kvm" | "tcg";
+}
+
+export interface Estimate {
+  /** measured: from children of this template running now; model: from the template's size and a per-child overhead; unknown: the template's size is not known yet. */
+  basis: "measured" | "model" | "unknown";
+  children: number;
+  memory: { sharedMiB: number; privatePerChildMiB: number; privateMiB: number; totalMiB: number; asFullVmsMiB: number };
+  disk: { perChildMiB: number; totalMiB: number; location: "tmpfs" | "state-dir" };
+  hostFreeMiB?: number;
+  warnings: string[];
+  summary: string;
+}
 
 /**
  * QEMU's own memory per child (heap, device emulation, TCG's translation cache), without guest
