@@ -1,5 +1,6 @@
 // The agent client against a scripted fake peer that plays QEMU's side of the FIFOs
 // (reads <base>.in, writes <base>.out, both opened read-write as QEMU does). No QEMU needed.
+// The wire format is engine/guest/PROTOCOL.md's; hostile guests are test/unit/agent-hostile.test.ts.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import * as fs from "node:fs";
@@ -54,13 +55,25 @@ const pingHandler: Handler = (req, reply) => {
   if (req.op === "ping") reply(`${req.id} ok pong 1\n`);
 };
 
-test("creates both FIFOs and keeps existing ones", deadline(5000, async () => {
+test("creates both FIFOs (0600), keeps existing ones and replaces anything else", deadline(5000, async () => {
   const { base, dir } = await fifos();
   assert.ok(fs.statSync(`${base}.in`).isFIFO());
   assert.ok(fs.statSync(`${base}.out`).isFIFO());
+  assert.is(fs.statSync(`${base}.in`).mode & 0o777, 0o600);
+  const ino = fs.statSync(`${base}.out`).ino;
+  fs.rmSync(`${base}.in`);
+  fs.writeFileSync(`${base}.in`, "not a fifo");
   await createAgentFifos(base);
-  assert.ok(fs.statSync(`${base}.out`).isFIFO());
+  assert.ok(fs.statSync(`${base}.in`).isFIFO());
+  assert.is(fs.statSync(`${base}.out`).ino, ino);
   fs.rmSync(dir, { recursive: true, force: true });
+}));
+
+test("createAgentFifos fails with HOST naming the FIFO when mkfifo cannot make it", deadline(5000, async () => {
+  const err = await createAgentFifos("/nonexistent-dir/agent").catch((e) => e);
+  assert.instance(err, ForkvmError);
+  assert.is(err.code, "HOST");
+  assert.match(err.message, /^Cannot create agent FIFO \/nonexistent-dir\/agent\.in: mkfifo failed/);
 }));
 
 test("ping returns the agent version", deadline(5000, async () => {
@@ -110,7 +123,7 @@ test("exec handles a reply of several megabytes", deadline(10000, async () => {
   fs.rmSync(dir, { recursive: true, force: true });
 }));
 
-test("stale lines from earlier clients are discarded", deadline(5000, async () => {
+test("stale lines from earlier clients are discarded (PROTOCOL.md: ids and stale lines)", deadline(5000, async () => {
   const { base, dir } = await fifos();
   const peer = fakePeer(base, (req, reply) => {
     // A late answer to someone else, the tail of a line cut short, then junk, then ours.
@@ -256,7 +269,7 @@ test("calls fail with AGENT at once when QEMU has not opened the FIFOs", deadlin
   fs.rmSync(dir, { recursive: true, force: true });
 }));
 
-test("waitReady resends pings until the agent answers", deadline(8000, async () => {
+test("waitReady pings again and again until the agent answers (PROTOCOL.md: readiness)", deadline(8000, async () => {
   const { base, dir } = await fifos();
   const c = new AgentClient(base);
   // QEMU appears after 200 ms; the guest's agent starts answering only after 1.3 s.
@@ -272,6 +285,41 @@ test("waitReady resends pings until the agent answers", deadline(8000, async () 
   assert.ok(peer!.requests.length >= 2, "pings were resent");
   c.close();
   peer!.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+}));
+
+test("waitReady takes only the pong of its current ping: late pongs of earlier attempts are stale", deadline(8000, async () => {
+  const { base, dir } = await fifos();
+  let first: string | undefined;
+  const peer = fakePeer(base, (req, reply) => {
+    if (!first) {
+      first = req.id; // answered late, during the second attempt, with a version nobody asked for
+      return;
+    }
+    reply(`${first} ok pong stale\n`);
+    setTimeout(() => reply(`${req.id} ok pong 1\n`), 50);
+  });
+  const c = new AgentClient(base);
+  const waited = await c.waitReady(5000);
+  assert.ok(waited >= 1000, `the first attempt timed out (${waited} ms)`);
+  assert.is(peer.requests.length, 2);
+  c.close();
+  peer.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+}));
+
+test("waitReady fails at once with AGENT when the agent answers an error", deadline(5000, async () => {
+  const { base, dir } = await fifos();
+  const peer = fakePeer(base, (req, reply) => reply(`${req.id} err ${enc("Cannot run ping: unknown operation")}\n`));
+  const c = new AgentClient(base);
+  const t0 = Date.now();
+  const err = await c.waitReady(4000).catch((e) => e);
+  assert.is(err.code, "AGENT");
+  assert.is(err.details.reason, "agent-error");
+  assert.match(err.message, /unknown operation/);
+  assert.ok(Date.now() - t0 < 1000);
+  c.close();
+  peer.close();
   fs.rmSync(dir, { recursive: true, force: true });
 }));
 
@@ -364,5 +412,17 @@ test("exec rejects an empty argv with INVALID_ARGUMENT", deadline(2000, async ()
   assert.is(err.code, "INVALID_ARGUMENT");
   assert.is(err.details.field, "argv");
 }));
+
+test("reply caps must be positive whole numbers of bytes (PROTOCOL.md: size limits)", () => {
+  for (const [field, v] of [["maxReplyBytes", 0], ["maxExecReplyBytes", 1.5], ["maxReplyBytes", -1]] as const) {
+    try {
+      new AgentClient("/nonexistent/agent", { [field]: v });
+      assert.unreachable(`${field}=${v} accepted`);
+    } catch (err: any) {
+      assert.is(err.code, "INVALID_ARGUMENT");
+      assert.is(err.details.field, field);
+    }
+  }
+});
 
 test.run();
