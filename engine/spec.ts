@@ -170,21 +170,26 @@ export type PoolSpec = z.output<typeof PoolArgs>;
 
 /** Rules of a pool that span fields: name lengths, reserved keys, placeholders, forwards. */
 export function poolIssues(p: { name: string; prefix?: string; size: number; metadata: Record<string, string>; forwards: Array<{ guest: number; hostBase?: number; proto: string }> }): Array<{ path: PropertyKey[]; message: string }> {
+  // zod runs these rules even when a field failed its own check: take nothing for granted.
   const out: Array<{ path: PropertyKey[]; message: string }> = [];
+  const size = Number.isInteger(p.size) && p.size >= 0 ? p.size : 0;
   const prefix = p.prefix ?? p.name;
-  if (`${prefix}-${Math.max(1, p.size)}`.length > 63) out.push({ path: [p.prefix ? "prefix" : "name"], message: `too long: child names "${prefix}-${p.size}" must fit in 63 characters` });
-  for (const [k, v] of Object.entries(p.metadata)) {
+  if (typeof prefix === "string" && `${prefix}-${Math.max(1, size)}`.length > 63) out.push({ path: [p.prefix ? "prefix" : "name"], message: `too long: child names "${prefix}-${size}" must fit in 63 characters` });
+  const metadata = p.metadata && typeof p.metadata === "object" ? p.metadata : {};
+  for (const [k, v] of Object.entries(metadata)) {
     if (k.startsWith(RESERVED_METADATA_PREFIX)) out.push({ path: ["metadata", k], message: `keys starting with ${RESERVED_METADATA_PREFIX} are the pool's own (FORKVM_POOL, FORKVM_INDEX, ...)` });
+    if (typeof v !== "string") continue;
     for (const m of v.matchAll(/\{([A-Za-z_]*)\}/g)) {
       if (!(METADATA_PLACEHOLDERS as readonly string[]).includes(m[1])) out.push({ path: ["metadata", k], message: `unknown placeholder {${m[1]}}; use ${METADATA_PLACEHOLDERS.map((x) => `{${x}}`).join(", ")}` });
     }
   }
   const seen = new Set<string>();
-  for (const [i, f] of p.forwards.entries()) {
-    const key = `${f.proto}:${f.guest}`;
-    if (seen.has(key)) out.push({ path: ["forwards", i, "guest"], message: `${f.proto} port ${f.guest} is forwarded twice` });
+  for (const [i, f] of (Array.isArray(p.forwards) ? p.forwards : []).entries()) {
+    if (!f || typeof f !== "object") continue;
+    const key = `${f.proto ?? "tcp"}:${f.guest}`;
+    if (seen.has(key)) out.push({ path: ["forwards", i, "guest"], message: `${f.proto ?? "tcp"} port ${f.guest} is forwarded twice` });
     seen.add(key);
-    if (f.hostBase !== undefined && f.hostBase + p.size - 1 > 65535) out.push({ path: ["forwards", i, "hostBase"], message: `must be at most ${65536 - p.size}: child ${p.size} would listen on ${f.hostBase + p.size - 1}` });
+    if (typeof f.hostBase === "number" && f.hostBase + size - 1 > 65535) out.push({ path: ["forwards", i, "hostBase"], message: `must be at most ${65536 - size}: child ${size} would listen on ${f.hostBase + size - 1}` });
   }
   return out;
 }
@@ -206,14 +211,16 @@ function shapeKeys(schema: z.ZodType): string[] | undefined {
 
 /**
  * Parses an input against its spec. Throws INVALID_ARGUMENT naming the field (an unknown key is
- * named too, with the allowed ones) and what is allowed; details.field and details.issues.
+ * named too, with the allowed ones) and what is allowed; details.field (the first), details.issues
+ * (as text) and details.fields ({ field, message } each).
  */
 export function parseArgs<S extends z.ZodType>(schema: S, input: unknown, what: string): z.output<S> {
   const r = schema.safeParse(input);
   if (r.success) return r.data;
   const allowed = shapeKeys(schema)?.join(", ");
-  const issues = r.error.issues.map((i) => (i.code === "unrecognized_keys" ? `${fieldOf(i)}: unknown field${allowed && i.path.length === 0 ? ` (allowed: ${allowed})` : ""}` : `${fieldOf(i)}: ${i.message}`));
-  throw new ForkvmError("INVALID_ARGUMENT", `Cannot ${what}: ${issues.join("; ")}`, { details: { field: fieldOf(r.error.issues[0]), issues } });
+  const fields = r.error.issues.map((i) => ({ field: fieldOf(i), message: i.code === "unrecognized_keys" ? `unknown field${allowed && i.path.length === 0 ? ` (allowed: ${allowed})` : ""}` : i.message }));
+  const issues = fields.map((f) => `${f.field}: ${f.message}`);
+  throw new ForkvmError("INVALID_ARGUMENT", `Cannot ${what}: ${issues.join("; ")}`, { details: { field: fields[0].field, issues, fields } });
 }
 
 /** Throws INVALID_ARGUMENT unless `name` is a valid object name (never a path: no '/', '.', '..'). */

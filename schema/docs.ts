@@ -90,7 +90,7 @@ const replaceOrUpdate = (replace: readonly string[]) => (key: string) => (replac
 
 export function render(): string {
   const poolChange = (key: string) =>
-    ({ namePrefix: "replace", template: "rolling update", persistent: "rolling update", macPrefix: "rolling update", forwards: "rolling update", size: "add/remove children", metadata: "rewritten in place" })[key] ?? "in place";
+    ({ name: "replace", namePrefix: "replace", template: "rolling update", persistent: "rolling update", macPrefix: "rolling update", forwards: "rolling update", size: "add/remove children", metadata: "rewritten in place" })[key] ?? "in place";
   return `<!-- Generated from schema/*.ts by \`npm run docs\`; do not edit by hand. -->
 # Resource reference
 
@@ -138,7 +138,9 @@ ${outputTable(TemplateOutputs, TemplateInputs)}
 
 ## InstantClonePool
 
-A fleet of running children forked from a template, named \`<namePrefix>-<n>\`, kept as declared:
+A fleet of running children forked from a template, named \`<namePrefix>-<n>\` (the prefix defaults
+to the pool's name), kept as declared. The pool is an engine object (\`forkvm pool inspect <name>\`):
+the engine plans and applies every change, and the CLI's \`forkvm pool apply\` does the same.
 
 - \`size\` changes add or remove children in place (the highest indexes go first);
 - a child that died shows in \`read\` (\`status: crashed\` or \`missing\`) and the next update heals it:
@@ -146,6 +148,9 @@ A fleet of running children forked from a template, named \`<namePrefix>-<n>\`, 
 - a new template generation (or a change of \`persistent\`, \`macPrefix\`, \`forwards\`) rolls the children
   over in batches of \`updatePolicy.maxUnavailable\`, never more down at once; a failing batch stops
   the rollout and the update reports a partial failure, with the state of every child recorded;
+- a pool owns the children it created (recorded in each child's manifest) and nothing else: it
+  never removes, replaces or renames an object it did not create; a name it needs that another
+  object holds fails the update, naming that object;
 - \`check\` computes \`estimate\` (memory shared with the template vs private per child, delta disks)
   and \`plan\` (what the update will do), so \`pulumi preview\` shows both; the SDK logs them on the
   pool's row. Progress of long operations (forking 100 children) shows on the same row.
@@ -164,9 +169,9 @@ ${outputTable(InstantClonePoolOutputs, InstantClonePoolInputs)}
 \`/etc/forkvm/metadata\` (\`KEY='value'\` lines, for \`. /etc/forkvm/metadata\`) and
 \`/etc/forkvm/metadata.json\`: the pool's \`metadata\` with placeholders filled in, plus
 \`FORKVM_POOL\`, \`FORKVM_INDEX\`, \`FORKVM_NAME\`, \`FORKVM_TEMPLATE\`, \`FORKVM_GENERATION\`.
-The metadata lives in the guest's RAM: \`forkvm reset\` (a fresh fork) drops it; write it again with
-\`writeGuestMetadata(engine, name)\` from \`forkvm/provider/instant-clone-pool\` (the ci-runners
-example does).
+The engine writes them after every fork, reset and start of the child, and rewrites them in place
+when the pool's \`metadata\` changes (\`forkvm\`'s \`setMetadata\` is the one way metadata changes:
+the child's manifest and its guest together).
 `;
 }
 

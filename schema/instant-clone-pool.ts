@@ -1,49 +1,28 @@
 // InstantClonePool: a fleet of running children forked from a Template, kept equal to what is
 // declared: resized in place, healed, rolled over to a new template generation in batches.
 import { z } from "zod";
-import { MacPrefix, Port, Proto, ResolvedForward, SdkInputs, VmName } from "./common";
+import type { Estimate as EngineEstimate, PoolChild as EngineChild } from "../engine";
+import { METADATA_PLACEHOLDERS, Name, PoolFields, poolIssues } from "../engine/spec";
+import { ResolvedForward, SdkInputs, VmName } from "./common";
 import { VmStatus } from "./parent-vm";
 
-export const METADATA_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
-/** Placeholders a metadata value may use; each child gets its own values. */
-export const METADATA_PLACEHOLDERS = ["name", "index", "hostname", "pool", "template", "generation"] as const;
-export const PERCENT_RE = /^([1-9][0-9]?|100)%$/;
+export { METADATA_PLACEHOLDERS };
 
-export const PoolForward = z
-  .object({
-    guest: Port.describe("Port inside every child."),
-    hostBase: Port.optional().describe("Child n (1-based) listens on 127.0.0.1:hostBase+n-1; absent: a free port per child (see `children[].forwards`)."),
-    proto: Proto.default("tcp").describe("`tcp` or `udp`."),
-  })
-  .strict();
+/** The pool's fields as Pulumi sees them: the engine's, with a generated name and `namePrefix` for the engine's `prefix`. */
+const PoolInputFields = PoolFields.omit({ name: true, prefix: true, template: true }).extend({
+  template: VmName.describe("The Template to fork from: its `id` (or `name`). Changing it (a new generation) rolls the children over in batches."),
+  name: Name.optional().describe("The pool's name in the engine; also the resource's id. Default: the resource name plus a suffix derived from its URN."),
+  namePrefix: Name.optional().describe("Children are named and hostnamed `<namePrefix>-<n>`, n = 1..size. Default: the pool's name."),
+  ...SdkInputs,
+}).strict();
 
-export const UpdatePolicy = z
-  .object({
-    maxUnavailable: z
-      .union([z.number().int("must be an integer").min(1, "must be at least 1"), z.string().regex(PERCENT_RE, "must be a count or a percentage such as \"25%\"")])
-      .default(1)
-      .describe("How many children a rolling update may replace at once: a count, or a percentage of `size` (rounded down, at least 1)."),
-  })
-  .strict();
-
-export const InstantClonePoolInputs = z
-  .object({
-    template: VmName.describe("The Template to fork from: its `id` (or `name`). Changing it (a new generation) rolls the children over in batches."),
-    size: z.number().int("must be an integer").min(0, "must be at least 0").max(10_000, "must be at most 10000").describe("How many children run."),
-    persistent: z.boolean().default(false).describe("Persistent children keep their delta disk across stop/start (linked clones); non-persistent ones keep it on tmpfs and `reset` returns them to the template's state."),
-    namePrefix: VmName.optional().describe("Children are named and hostnamed `<namePrefix>-<n>`, n = 1..size. Default: the resource name plus a random suffix."),
-    macPrefix: MacPrefix.optional().describe("MAC prefix of the children's NICs, 1 to 5 octets (e.g. to match a DHCP or firewall rule)."),
-    metadata: z
-      .record(z.string().regex(METADATA_KEY_RE, "keys must look like shell variables: letters, digits and '_'"), z.string())
-      .default({})
-      .describe("Key/value pairs handed to each child's guest in /etc/forkvm/metadata (`KEY='value'` lines) and /etc/forkvm/metadata.json. Values may use {name}, {index}, {hostname}, {pool}, {template} and {generation}."),
-    forwards: z.array(PoolForward).default([]).describe("Port forwards from 127.0.0.1 to every child."),
-    updatePolicy: UpdatePolicy.default({ maxUnavailable: 1 }).describe("How a change of template (or of persistent, macPrefix, forwards) rolls over the children."),
-    concurrency: z.number().int().min(1).max(64).default(4).describe("How many children are forked at once."),
-    readyTimeoutS: z.number().int().min(1).max(3600).default(60).describe("How long a child may take from fork to agent-ready, in seconds."),
-    ...SdkInputs,
-  })
-  .strict();
+export const InstantClonePoolInputs = PoolInputFields.superRefine((p, ctx) => {
+  if (typeof p.name !== "string" && typeof p.namePrefix !== "string") return; // generated in check
+  const name = p.name ?? p.namePrefix!;
+  for (const issue of poolIssues({ ...p, name, prefix: p.namePrefix })) {
+    ctx.addIssue({ code: "custom", path: issue.path.map((k) => (k === "prefix" ? "namePrefix" : k)), message: issue.message });
+  }
+});
 export type InstantClonePoolArgs = z.input<typeof InstantClonePoolInputs>;
 
 export const Estimate = z
@@ -91,8 +70,9 @@ export const Child = z
   .strict();
 export type Child = z.infer<typeof Child>;
 
-export const InstantClonePoolOutputs = InstantClonePoolInputs.extend({
-  namePrefix: VmName.describe("The children's name prefix; also the resource's id."),
+export const InstantClonePoolOutputs = PoolInputFields.extend({
+  name: VmName.describe("The pool's name in the engine; also the resource's id."),
+  namePrefix: VmName.describe("The children's name prefix."),
   estimate: Estimate.describe("Memory and disk the fleet costs; computed in check, so `pulumi preview` shows it."),
   plan: z.array(z.string()).describe("What the next update will do (computed in check from the live fleet); empty after an update."),
   children: z.array(Child).describe("Every child, sorted by index."),
@@ -100,3 +80,8 @@ export const InstantClonePoolOutputs = InstantClonePoolInputs.extend({
   ready: z.number().int().describe("How many children run the declared template generation."),
 }).strict();
 export type InstantClonePoolOutputs = z.output<typeof InstantClonePoolOutputs>;
+
+// The outputs' shapes are the engine's: a drift fails the type-check here.
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : never) : never;
+export const ESTIMATE_MATCHES_ENGINE: Same<z.output<typeof Estimate>, EngineEstimate> = true;
+export const CHILD_MATCHES_ENGINE: Same<Omit<z.output<typeof Child>, "status">, Omit<EngineChild, "status">> = true;

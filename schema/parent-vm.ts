@@ -1,36 +1,16 @@
 // ParentVm: a VM booted from an image with its applications started and warm, the thing a
-// Template freezes. Inputs mirror the engine's ParentArgs; outputs are what the engine made of it.
+// Template freezes. Inputs are the engine's ParentArgs (engine/spec.ts) with a generated name;
+// outputs are what the engine made of it.
 import { z } from "zod";
-import { Accel, MacPrefix, Port, Proto, ResolvedForward, SdkInputs, Shape, VmName } from "./common";
+import { ForwardSpec, ParentArgs } from "../engine/spec";
+import { ResolvedForward, SdkInputs, Shape, VmName } from "./common";
 
-export const ParentForward = z
-  .object({
-    guest: Port.describe("Port inside the guest."),
-    host: z.number().int().min(0).max(65535).optional().describe("Port on 127.0.0.1; 0 or absent picks a free one."),
-    proto: Proto.default("tcp").describe("`tcp` or `udp`."),
-  })
-  .strict();
+export const ParentForward = ForwardSpec;
 
-export const ParentVmInputs = z
-  .object({
-    name: VmName.optional().describe("The VM's name in the engine (and its hostname). Default: the resource name plus a random suffix; a pinned name is deleted before it is replaced."),
-    image: z.string().min(1).default("default").describe("A guest image built with `forkvm image build`."),
-    kernel: z.string().min(1).optional().describe("Bring your own kernel instead of the image (with `initrd`)."),
-    initrd: z.string().min(1).optional().describe("Bring your own initramfs instead of the image (with `kernel`)."),
-    cmdline: z.string().optional().describe("Kernel command line; default: the image's."),
-    memoryMiB: z.number().int("must be an integer").min(32, "must be at least 32").max(1024 * 1024).default(256).describe("Guest memory in MiB; at least the image's minimum (image.json `minMemoryMiB`). Every child maps it copy-on-write."),
-    vcpus: z.number().int("must be an integer").min(1, "must be at least 1").max(64, "must be at most 64").default(1).describe("Virtual CPUs."),
-    diskMiB: z.number().int("must be an integer").min(0, "must be at least 0").max(64 * 1024 * 1024).default(256).describe("Size of a new empty data disk (ext4, /data in the default image); 0 for none. Ignored with `diskImage`."),
-    diskImage: z.string().min(1).optional().describe("An existing qcow2 or raw disk image; the parent writes to an overlay, never to it."),
-    init: z.array(z.string().min(1, "must not be empty")).default([]).describe("Shell commands run in the guest, in order, before the parent counts as ready (start and warm your applications here)."),
-    forwards: z.array(ParentForward).default([]).describe("Port forwards from 127.0.0.1 to the parent."),
-    nic: z.boolean().default(true).describe("Give the VM a virtio NIC (user-mode networking)."),
-    macPrefix: MacPrefix.optional().describe("MAC prefix of the parent's NIC, 1 to 5 octets."),
-    accel: Accel.default("auto").describe("`auto` probes KVM and falls back to TCG when KVM cannot run guest kernels at speed."),
-    bootTimeoutS: z.number().int().min(1).max(3600).default(300).describe("How long the boot plus the init commands may take, in seconds."),
-    ...SdkInputs,
-  })
-  .strict();
+export const ParentVmInputs = ParentArgs.extend({
+  name: VmName.optional().describe("The VM's name in the engine (and its hostname). Default: the resource name plus a suffix derived from its URN; a pinned name is deleted before it is replaced."),
+  ...SdkInputs,
+}).strict();
 /** What a program passes (defaults optional). */
 export type ParentVmArgs = z.input<typeof ParentVmInputs>;
 /** The inputs after check: defaults applied, name generated. */

@@ -1,18 +1,16 @@
 // Template: a ParentVm frozen as a powered-on template (memory image, device checkpoint, base disk),
 // immutable files that no longer depend on the parent process. Each capture is a new generation.
+// Inputs are the engine's TemplateArgs (engine/spec.ts) with a generated name and a `revision`.
 import { z } from "zod";
+import { TemplateArgs as EngineTemplateArgs } from "../engine/spec";
 import { SdkInputs, Shape, VmName } from "./common";
 
-export const TemplateInputs = z
-  .object({
-    name: VmName.optional().describe("The template's name in the engine. Default: the resource name plus a random suffix, so a replacement is created before the old template goes (children roll over to it first)."),
-    parent: VmName.describe("The ParentVm to capture: its `id` (or `name`)."),
-    source: z.enum(["frozen", "running"]).default("frozen").describe("`frozen`: stop the parent and take its memory as is (the parent is consumed). `running`: live-capture it with a pause of a few ms; the parent keeps running and can be captured again."),
-    downtimeLimitMs: z.number().int().min(1).max(10_000).default(30).describe("`running` only: the longest pause QEMU may aim for at the end of the live capture."),
-    revision: z.string().optional().describe("Any value; changing it captures a new generation of the template (needs a `running` parent or a new parent)."),
-    ...SdkInputs,
-  })
-  .strict();
+export const TemplateInputs = EngineTemplateArgs.extend({
+  name: VmName.optional().describe("The template's name in the engine. Default: the resource name plus a suffix derived from its URN, so a replacement is created before the old template goes (children roll over to it first)."),
+  parent: VmName.describe("The ParentVm to capture: its `id` (or `name`)."),
+  revision: z.string().optional().describe("Any value; changing it captures a new generation of the template (needs a `running` parent or a new parent)."),
+  ...SdkInputs,
+}).strict();
 export type TemplateArgs = z.input<typeof TemplateInputs>;
 export type TemplateChecked = z.output<typeof TemplateInputs> & { name: string; shape?: Shape };
 

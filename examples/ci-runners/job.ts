@@ -2,7 +2,6 @@
 //   npm run job -- <runner> <command> [args...]
 // The reset forks the runner afresh in place (same name and MAC): nothing of the job is left.
 import { Engine } from "forkvm/engine";
-import { writeGuestMetadata } from "forkvm/provider/instant-clone-pool";
 
 async function main([runner, ...argv]: string[]): Promise<number> {
   if (!runner || !argv.length) throw new Error("usage: npm run job -- <runner> <command> [args...]");
@@ -13,9 +12,8 @@ async function main([runner, ...argv]: string[]): Promise<number> {
   process.stderr.write(r.stderr);
   const ran = Date.now() - t0;
   const t1 = Date.now();
+  // The reset gives the fresh guest its own metadata again (/etc/forkvm/metadata).
   await engine.reset(runner);
-  // The reset guest is the template's: hand it its metadata again.
-  await writeGuestMetadata(engine, runner);
   const left = await engine.exec(runner, ["sh", "-c", "test -e /var/log/jobs && echo dirty || echo clean"]);
   console.error(`job exited ${r.exitCode} in ${ran} ms; ${runner} reset to the template in ${Date.now() - t1} ms (${left.stdout.toString().trim()})`);
   return r.exitCode;

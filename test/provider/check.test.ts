@@ -109,10 +109,10 @@ const base = { template: "t", size: 3, __shape: SHAPE, __logicalName: "web-pool"
 poolChecks("a valid pool gets a name prefix, an estimate from the template's shape and a plan", deadline(10_000, async () => {
   const r = await pool.check({}, base);
   assert.equal(r.failures, []);
-  assert.match(r.inputs.namePrefix, /^web-pool-[0-9a-f]{4}$/);
+  assert.match(r.inputs.name, /^web-pool-[0-9a-f]{4}$/);
   assert.is(r.inputs.estimate.basis, "model");
   assert.is(r.inputs.estimate.memory.sharedMiB, 256);
-  assert.equal(r.inputs.plan, [`add 3 (${[1, 2, 3].map((i) => `${r.inputs.namePrefix}-${i}`).join(", ")})`, "template t is created in this deployment"]);
+  assert.equal(r.inputs.plan, [`add 3 (${[1, 2, 3].map((i) => `${r.inputs.name}-${i}`).join(", ")})`, "template t is created in this deployment"]);
 }));
 
 poolChecks("negative size, a string size, a fractional size each name size", deadline(10_000, async () => {
@@ -133,7 +133,7 @@ poolChecks("bad metadata keys, reserved keys and unknown placeholders name the k
 
 poolChecks("update policy, forwards and name prefix are checked against the size", deadline(10_000, async () => {
   const r = await pool.check({}, { ...base, size: 10, updatePolicy: { maxUnavailable: "half" }, forwards: [{ guest: 80, hostBase: 65530 }, { guest: 80 }], namePrefix: "x".repeat(61) });
-  assert.equal(props(r.failures), ["updatePolicy.maxUnavailable"]);
+  assert.equal(props(r.failures), ["forwards[0].hostBase", "forwards[1].guest", "namePrefix", "updatePolicy.maxUnavailable"], "every problem at once");
   const r2 = await pool.check({}, { ...base, size: 10, forwards: [{ guest: 80, hostBase: 65530 }, { guest: 80 }], namePrefix: "x".repeat(61) });
   assert.equal(props(r2.failures), ["forwards[0].hostBase", "forwards[1].guest", "namePrefix"]);
   assert.match(reasonFor(r2.failures, "forwards[0].hostBase"), /at most 65526/);

@@ -96,11 +96,11 @@ test("Check of a pool of 3 gives a cost estimate and a plan; Create forks 3 runn
   assert.is(inputs.estimate.memory.sharedMiB, 192);
   assert.ok(inputs.estimate.memory.privatePerChildMiB > 0);
   assert.match(inputs.estimate.summary, /3 × 192 MiB children/);
-  assert.equal(inputs.plan, ["add 3 (" + [1, 2, 3].map((i) => `${inputs.namePrefix}-${i}`).join(", ") + ")"]);
+  assert.equal(inputs.plan, ["add 3 (" + [1, 2, 3].map((i) => `${inputs.name}-${i}`).join(", ") + ")"]);
   const t0 = Date.now();
   const { id, outs } = await host.create(URN.pool, inputs);
   timings.createPoolOf3 = secs(t0);
-  assert.is(id, inputs.namePrefix);
+  assert.is(id, inputs.name);
   assert.is(outs.children.length, 3);
   assert.ok(outs.children.every((c: Props) => c.status === "running" && c.generation === state.t1.outs.generation));
   assert.is(outs.ready, 3);

@@ -2,8 +2,8 @@
 // add, roll in batches), and the cost estimate.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { batchSize, describePlan, indexOf, outdatedBecause, planPool, type DesiredPool, type LiveChild } from "../../provider/pool-plan";
-import { DELTA_DISK_MIB, estimate, QEMU_OVERHEAD_MIB } from "../../provider/estimate";
+import { batchSize, describePlan, indexOf, outdatedBecause, planPool, type DesiredPool, type LiveChild } from "../../engine/ops/pool-plan";
+import { DELTA_DISK_MIB, estimate, QEMU_OVERHEAD_MIB } from "../../engine/ops/pool-estimate";
 
 const desired: DesiredPool = { namePrefix: "web", size: 5, template: "t2", generation: "g2", persistent: false, forwards: [], maxUnavailable: 2 };
 
