@@ -55,7 +55,7 @@ function mockOutputs(type: string, name: string, inputs: Props): Props {
  */
 export async function runUnderMocks(projectDir: string, config: Record<string, string> = {}): Promise<{ registrations: Registration[]; outputs: Props; logs: string[] }> {
   const pulumi = require("@pulumi/pulumi");
-  const { readProject } = require("../../deploy/offline");
+  const { readProject } = require("../../deploy/project");
   const project = readProject(projectDir);
   const registrations: Registration[] = [];
   const logs: string[] = [];
