@@ -52,6 +52,19 @@ test("a running-mode template pauses the parent briefly; the parent runs on and 
   assert.is(await sh("live-1", "cat /data/base.txt"), "base");
 }));
 
+test("a parent stopped and started again from the CLI runs its init again: it is warm again", deadline(180_000, async () => {
+  await sh("p", "rm -f /tmp/warm");
+  const stop = await cli(["stop", "p"]);
+  assert.is(stop.code, 0, stop.stderr);
+  const start = await cli(["start", "p"]);
+  assert.is(start.code, 0, start.stderr);
+  const again = await sh("p", "cat /tmp/warm");
+  assert.match(again, /^[0-9a-f]{16}$/, "the init command wrote /tmp/warm again");
+  assert.is.not(again, warm, "a fresh value: init ran in the new boot");
+  warm = again;
+  assert.is(await sh("p", "cat /data/base.txt"), "base");
+}));
+
 test("a frozen template consumes the parent; its files are read-only and its own", deadline(60_000, async () => {
   const t = await engine.createTemplate({ name: "t", parent: "p", source: "frozen" });
   for (const f of [t.shape.kernel, t.shape.initrd]) assert.ok(f.startsWith(engine.store.dir("templates", "t")), f);
@@ -105,9 +118,17 @@ test("reset brings a non-persistent child back to the template state, keeping it
   assert.is(await sh("c-1", "hostname"), "c-1");
 }));
 
+test("a reset child gets its metadata again", deadline(60_000, async () => {
+  await engine.setMetadata("c-1", { SLOT: "one" });
+  await engine.reset("c-1");
+  assert.is(await sh("c-1", "cat /etc/forkvm/metadata"), "SLOT='one'");
+  assert.equal(JSON.parse(await sh("c-1", "cat /etc/forkvm/metadata.json")), { SLOT: "one" });
+}));
+
 test("a persistent child keeps its disk across stop and start (a cold boot from its own disk)", deadline(300_000, async () => {
-  const r = await engine.fork({ template: "t", names: ["keep"], persistent: true });
+  const r = await engine.fork({ template: "t", names: ["keep"], persistent: true, metadata: { ROLE: "web" } });
   assert.is(r.failed.length, 0);
+  assert.is(await sh("keep", "cat /etc/forkvm/metadata"), "ROLE='web'");
   await sh("keep", "echo kept > /data/keep.txt && sync");
   assert.is((await engine.stop("keep")).status, "stopped");
   const started = await engine.start("keep");
@@ -116,6 +137,10 @@ test("a persistent child keeps its disk across stop and start (a cold boot from 
   assert.is(await sh("keep", "cat /data/base.txt"), "base");
   assert.is(await sh("keep", "hostname"), "keep");
   assert.is(await sh("keep", "cat /sys/class/net/eth0/address"), engine.vm("keep").mac);
+  assert.is(await sh("keep", "cat /etc/forkvm/metadata"), "ROLE='web'", "the metadata survives a stop and start");
+  await engine.setMetadata("keep", { ROLE: "db" });
+  assert.is(await sh("keep", "cat /etc/forkvm/metadata"), "ROLE='db'");
+  assert.equal(engine.vm("keep").metadata, { ROLE: "db" }, "setMetadata changes manifest and guest together");
 }));
 
 test("port forwards reach a forked child; metadata, hostnames and MACs are given to it", deadline(60_000, async () => {
@@ -231,7 +256,7 @@ test("forkvm ls --json lists the fleet; errors give exit codes and name what fai
   assert.is(JSON.parse(nf.stdout).error.code, "NOT_FOUND");
   const inv = await cli(["parent", "create", "Bad Name"]);
   assert.is(inv.code, 2);
-  assert.match(inv.stderr, /Cannot create parent: name: lower-case letters, digits and/);
+  assert.match(inv.stderr, /Cannot create parent: name: must be lower-case letters, digits and/);
 }));
 
 test("forkvm doctor names the accelerator it will use and why", deadline(60_000, async () => {
