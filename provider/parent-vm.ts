@@ -1,39 +1,42 @@
 // The ParentVm provider: boots a parent through the engine, reads its live status, restarts a
-// crashed parent in place (re-running its init commands), removes it. It holds no state between
-// calls: everything comes from the inputs, the outputs and the engine's state directory.
+// crashed parent in place (the engine re-runs its init commands), removes it, always in the forkvm
+// home the parent lives in. It holds no state between calls: everything comes from the inputs,
+// the outputs and that home.
 import * as fs from "node:fs";
 import { loadImage, type Engine, type VmInfo } from "../engine";
 import { ParentVmInputs, PARENT_REPLACE_KEYS, PARENT_UPDATE_KEYS, type ParentVmOutputs } from "../schema/parent-vm";
 import type { Shape } from "../schema/common";
-import { changedKeys, codeOf, generateName, isUnknown, openEngine, parseInputs, type CheckFailure } from "./common";
-import { labelOf, reporter, type Reporter } from "./report";
+import { autoName, changedKeys, codeOf, engineFor, homeChange, homeForCheck, isUnknown, nameSeed, parseInputs, providerCall, redactFailures, type CheckFailure } from "./common";
+import { reporterFor, type Reporter } from "./report";
 import { clean, nameTaken } from "./util";
 
 type Props = Record<string, any>;
 
-/** Validates and completes the inputs: defaults, a generated name, the image's minimum memory. */
+/**
+ * Validates and completes the inputs: defaults, the home the parent lives in (`__home`), a
+ * generated name, the image's minimum memory. Failure reasons never quote a secret.
+ */
 export async function check(olds: Props = {}, news: Props = {}): Promise<{ inputs: Props; failures: CheckFailure[] }> {
   const { inputs, failures } = parseInputs(ParentVmInputs, news);
-  if (!inputs) return { inputs: news, failures };
+  if (!inputs) return { inputs: news, failures: redactFailures(failures, news) };
+  const home = homeForCheck(olds, news);
+  inputs.__home = home;
   if (inputs.name === undefined) {
-    // Keep a generated name unless the parent is replaced anyway (Pulumi re-checks a replacement without olds too).
-    const reuse = olds.__autoNamed && typeof olds.name === "string" && changedKeys(olds, inputs, PARENT_REPLACE_KEYS.filter((k) => k !== "name")).length === 0;
-    inputs.name = reuse ? olds.name : await freshName(inputs.__logicalName);
+    // Keep a generated name unless the parent is replaced (Pulumi then re-checks the replacement without olds).
+    const replaced = changedKeys(olds, inputs, PARENT_REPLACE_KEYS.filter((k) => k !== "name")).length > 0 || homeChange(olds, inputs).length > 0;
+    const keep = olds.__autoNamed && typeof olds.name === "string" && !replaced;
+    if (keep) inputs.name = olds.name;
+    else {
+      const engine = engineFor(news, reporterFor(news, "parent"), { home, progress: false });
+      inputs.name = autoName({ seed: nameSeed(news), base: news.__logicalName, fallback: "parent", taken: (n) => n === olds.name || nameTaken(engine, n) });
+    }
     inputs.__autoNamed = true;
   } else {
     delete inputs.__autoNamed;
   }
   failures.push(...(await checkFiles(inputs)));
   inputs.shape = shapeOf(inputs);
-  return { inputs: clean(inputs), failures };
-}
-
-async function freshName(logicalName: string | undefined): Promise<string> {
-  const engine = openEngine(reporter(undefined, "parent"));
-  for (;;) {
-    const name = generateName(logicalName, "parent");
-    if (!nameTaken(engine, name)) return name;
-  }
+  return { inputs: clean(inputs), failures: redactFailures(failures, news) };
 }
 
 async function checkFiles(inputs: Props): Promise<CheckFailure[]> {
@@ -68,10 +71,11 @@ function shapeOf(inputs: Props, vm?: VmInfo): Shape {
   };
 }
 
-/** The outputs: the checked inputs plus what the engine made of the VM. */
-export function outputsOf(inputs: Props, vm: VmInfo): ParentVmOutputs {
+/** The outputs: the checked inputs plus what the engine made of the VM, and the home it lives in. */
+export function outputsOf(inputs: Props, vm: VmInfo, home: string): ParentVmOutputs {
   return clean({
     ...inputs,
+    home,
     name: vm.name,
     shape: shapeOf(inputs, vm),
     status: vm.status,
@@ -85,7 +89,7 @@ export function outputsOf(inputs: Props, vm: VmInfo): ParentVmOutputs {
     bootMs: vm.timings?.bootMs,
     initMs: vm.timings?.initMs,
     templates: vm.templates ?? [],
-  }) as ParentVmOutputs;
+  }) as unknown as ParentVmOutputs;
 }
 
 function argsOf(inputs: Props) {
@@ -105,21 +109,21 @@ async function boot(engine: Engine, inputs: Props, report: Reporter): Promise<Vm
 }
 
 export async function create(inputs: Props): Promise<{ id: string; outs: Props }> {
-  const report = reporter(inputs.__urn, labelOf(inputs.__urn, inputs.name));
-  try {
-    const engine = openEngine(report);
+  return providerCall(inputs, inputs.name, async (report) => {
+    const engine = engineFor(inputs, report);
     const vm = await boot(engine, inputs, report);
-    return { id: vm.name, outs: outputsOf(inputs, vm) };
-  } finally {
-    await report.flush();
-  }
+    return { id: vm.name, outs: outputsOf(inputs, vm, engine.store.home) };
+  });
 }
 
+/** The parent as it is now, in the home it was created in; gone from the engine: no resource. */
 export async function read(id: string, props: Props = {}): Promise<{ id: string; props: Props }> {
-  const engine = openEngine(reporter(props.__urn, labelOf(props.__urn, id)));
-  const vm = engine.findVm(id);
-  if (!vm) return { id: "", props: {} };
-  return { id, props: outputsOf(props, vm) };
+  return providerCall(props, id, async (report) => {
+    const engine = engineFor(props, report);
+    const vm = engine.findVm(id);
+    if (!vm) return { id: "", props: {} };
+    return { id, props: outputsOf(props, vm, engine.store.home) };
+  });
 }
 
 /** Whether the live parent needs healing: it crashed or was stopped (a consumed parent is fine). */
@@ -128,23 +132,26 @@ function needsHeal(vm: VmInfo | undefined): boolean {
 }
 
 export async function diff(id: string, olds: Props = {}, news: Props = {}) {
-  const replaces = changedKeys(olds, news, PARENT_REPLACE_KEYS);
-  const updates = changedKeys(olds, news, PARENT_UPDATE_KEYS);
-  const engine = openEngine(reporter(news.__urn, labelOf(news.__urn, id)));
-  const heal = replaces.length === 0 && needsHeal(engine.findVm(id));
-  return {
-    changes: replaces.length > 0 || updates.length > 0 || heal,
-    replaces,
-    // A pinned name cannot exist twice: the old parent goes first.
-    deleteBeforeReplace: replaces.length > 0 && !news.__autoNamed,
-  };
+  return providerCall([olds, news], id, async (report) => {
+    const replaces = [...changedKeys(olds, news, PARENT_REPLACE_KEYS), ...homeChange(olds, news)];
+    const updates = changedKeys(olds, news, PARENT_UPDATE_KEYS);
+    const heal = replaces.length === 0 && needsHeal(engineFor(olds, report).findVm(id));
+    return {
+      changes: replaces.length > 0 || updates.length > 0 || heal,
+      replaces,
+      // A pinned name cannot exist twice: the old parent goes first.
+      deleteBeforeReplace: replaces.length > 0 && !news.__autoNamed,
+    };
+  });
 }
 
-/** Heals in place: a missing parent is booted again, a crashed or stopped one restarted and its init re-run. */
-export async function update(id: string, _olds: Props, news: Props): Promise<{ outs: Props }> {
-  const report = reporter(news.__urn, labelOf(news.__urn, id));
-  try {
-    const engine = openEngine(report);
+/**
+ * Heals in place, in the home the parent lives in: a missing parent is booted again, a crashed
+ * or stopped one started (the engine re-runs its init commands, so it is warm again).
+ */
+export async function update(id: string, olds: Props, news: Props): Promise<{ outs: Props }> {
+  return providerCall([olds, news], id, async (report) => {
+    const engine = engineFor(olds, report);
     let vm = engine.findVm(id);
     if (!vm) {
       report.warn(`parent ${id} is gone from the engine: booting it again`);
@@ -152,30 +159,19 @@ export async function update(id: string, _olds: Props, news: Props): Promise<{ o
     } else if (needsHeal(vm)) {
       report.warn(`parent ${id} is ${vm.status}: restarting it and re-running its init commands`);
       vm = await engine.start(id);
-      for (const [i, cmd] of (news.init ?? []).entries()) {
-        report.status(`init ${i + 1}/${news.init.length}: ${cmd}`);
-        const r = await engine.exec(id, ["sh", "-c", cmd], { timeoutMs: news.bootTimeoutS * 1000 });
-        if (r.exitCode !== 0) throw new Error(`Cannot re-run init command ${i + 1} of parent ${id} (${JSON.stringify(cmd)}): exit ${r.exitCode}: ${r.stderr.toString().trim().slice(-500)}`);
-      }
-      vm = engine.vm(id);
     }
-    return { outs: outputsOf(news, vm) };
-  } finally {
-    await report.flush();
-  }
+    return { outs: outputsOf(news, vm, engine.store.home) };
+  });
 }
 
-/** Removes the VM; a VM that is already gone is fine. */
+/** Removes the VM from the home it lives in; a VM that is already gone is fine. */
 export async function remove(id: string, props: Props = {}): Promise<void> {
-  const report = reporter(props.__urn, labelOf(props.__urn, id));
-  try {
-    const engine = openEngine(report);
+  return providerCall(props, id, async (report) => {
+    const engine = engineFor(props, report);
     if (!engine.findVm(id)) return;
     if (engine.listTemplates().some((t) => t.name === id)) {
       throw new Error(`Cannot delete parent ${id}: a template has the same name and the engine's rm would take the template; run \`forkvm rm ${id}\` after removing the template`);
     }
     await engine.remove([id]);
-  } finally {
-    await report.flush();
-  }
+  });
 }

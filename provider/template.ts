@@ -1,25 +1,35 @@
 // The Template provider: captures a parent (frozen or running) through the engine, reads whether
 // the template's files are whole, and refuses to delete a template whose children the program
-// does not manage, naming them. A template is immutable: every input change replaces it.
+// does not manage, naming them; always in the forkvm home the template lives in. A template is
+// immutable: every input change (and a new home) replaces it.
 import * as fs from "node:fs";
 import { createHash } from "node:crypto";
 import type { Engine, TemplateInfo } from "../engine";
 import { TemplateInputs, TEMPLATE_REPLACE_KEYS, type TemplateOutputs } from "../schema/template";
 import type { Shape } from "../schema/common";
-import { changedKeys, codeOf, generateName, isUnknown, openEngine, parseInputs, type CheckFailure } from "./common";
-import { labelOf, reporter } from "./report";
+import { autoName, changedKeys, codeOf, engineFor, homeChange, homeForCheck, isUnknown, nameSeed, parseInputs, providerCall, redactFailures, type CheckFailure } from "./common";
+import { reporterFor } from "./report";
 import { clean, nameTaken } from "./util";
 
 type Props = Record<string, any>;
 
-/** Validates and completes the inputs; the shape comes from the live parent, else from the SDK's hint. */
+/**
+ * Validates and completes the inputs: the home (`__home`), a generated name, the shape (from
+ * the live parent, else from the SDK's hint), and whether the parent can still be captured.
+ */
 export async function check(olds: Props = {}, news: Props = {}): Promise<{ inputs: Props; failures: CheckFailure[] }> {
   const { inputs, failures } = parseInputs(TemplateInputs, news, { parent: "unknown-parent" });
-  if (!inputs) return { inputs: news, failures };
-  const engine = openEngine(reporter(undefined, "template"));
+  if (!inputs) return { inputs: news, failures: redactFailures(failures, news) };
+  const home = homeForCheck(olds, news);
+  inputs.__home = home;
+  const engine = engineFor(news, reporterFor(news, "template"), { home, progress: false });
   if (inputs.name === undefined) {
-    const reuse = olds.__autoNamed && typeof olds.name === "string" && changedKeys(olds, inputs, TEMPLATE_REPLACE_KEYS.filter((k) => k !== "name")).length === 0;
-    inputs.name = reuse ? olds.name : freshName(engine, inputs.__logicalName);
+    // Keep a generated name unless the template is replaced (Pulumi then re-checks the replacement without olds).
+    const replaced = changedKeys(olds, inputs, TEMPLATE_REPLACE_KEYS.filter((k) => k !== "name")).length > 0 || homeChange(olds, inputs).length > 0;
+    const keep = olds.__autoNamed && typeof olds.name === "string" && !replaced;
+    inputs.name = keep
+      ? olds.name
+      : autoName({ seed: nameSeed(news), base: news.__logicalName, fallback: "template", taken: (n) => n === olds.name || nameTaken(engine, n) });
     inputs.__autoNamed = true;
   } else {
     delete inputs.__autoNamed;
@@ -37,14 +47,7 @@ export async function check(olds: Props = {}, news: Props = {}): Promise<{ input
       reason: `VM ${parent.name} was consumed by template ${parent.templates?.at(-1)} (source "frozen"); capture a new parent, or use source "running" to keep a parent capturable`,
     });
   }
-  return { inputs: clean(inputs), failures };
-}
-
-function freshName(engine: Engine, logicalName: string | undefined): string {
-  for (;;) {
-    const name = generateName(logicalName, "template");
-    if (!nameTaken(engine, name)) return name;
-  }
+  return { inputs: clean(inputs), failures: redactFailures(failures, news) };
 }
 
 /** What is wrong with a template's files, if anything. */
@@ -62,11 +65,13 @@ export function problemsOf(t: TemplateInfo): string[] {
   return problems;
 }
 
-export function outputsOf(inputs: Props, t: TemplateInfo): TemplateOutputs {
+/** The outputs: the checked inputs plus the template as the engine has it, and the home it lives in. */
+export function outputsOf(inputs: Props, t: TemplateInfo, home: string): TemplateOutputs {
   const problems = problemsOf(t);
   const diskMiB = t.diskPath && fs.existsSync(t.diskPath) ? Math.round((fs.statSync(t.diskPath).blocks * 512) / 1048576 * 10) / 10 : 0;
   return clean({
     ...inputs,
+    home,
     name: t.name,
     shape: { memoryMiB: t.shape.memoryMiB, vcpus: t.shape.vcpus, diskMiB, accel: t.shape.accel },
     generation: t.generation,
@@ -76,54 +81,58 @@ export function outputsOf(inputs: Props, t: TemplateInfo): TemplateOutputs {
     stateBytes: t.stateBytes,
     downtimeMs: t.timings.downtimeMs,
     children: t.children,
-  }) as TemplateOutputs;
+  }) as unknown as TemplateOutputs;
 }
 
 export async function create(inputs: Props): Promise<{ id: string; outs: Props }> {
-  const report = reporter(inputs.__urn, labelOf(inputs.__urn, inputs.name));
-  try {
-    const engine = openEngine(report);
+  return providerCall(inputs, inputs.name, async (report) => {
+    const engine = engineFor(inputs, report);
     report.status(`capturing ${inputs.parent} (${inputs.source})`);
-    const t = await engine.createTemplate({ name: inputs.name, parent: inputs.parent, source: inputs.source, downtimeLimitMs: inputs.downtimeLimitMs });
+    const t = await engine.createTemplate({ name: inputs.name, parent: inputs.parent, source: inputs.source, downtimeLimitMs: inputs.downtimeLimitMs, quiesceTimeoutMs: inputs.quiesceTimeoutMs });
     report.info(`template ${t.name} generation ${t.generation} captured from ${t.parent} (${t.source}): parent paused ${t.timings.downtimeMs} ms`);
-    return { id: t.name, outs: outputsOf(inputs, engine.template(t.name)) };
-  } finally {
-    await report.flush();
-  }
+    return { id: t.name, outs: outputsOf(inputs, engine.template(t.name), engine.store.home) };
+  });
 }
 
+/** The template as it is now, in the home it was created in; gone from the engine: no resource. */
 export async function read(id: string, props: Props = {}): Promise<{ id: string; props: Props }> {
-  const engine = openEngine(reporter(props.__urn, labelOf(props.__urn, id)));
-  const t = engine.findTemplate(id);
-  if (!t) return { id: "", props: {} };
-  return { id, props: outputsOf(props, t) };
+  return providerCall(props, id, async (report) => {
+    const engine = engineFor(props, report);
+    const t = engine.findTemplate(id);
+    if (!t) return { id: "", props: {} };
+    return { id, props: outputsOf(props, t, engine.store.home) };
+  });
 }
 
-export async function diff(_id: string, olds: Props = {}, news: Props = {}) {
-  const replaces = changedKeys(olds, news, TEMPLATE_REPLACE_KEYS);
-  return {
-    changes: replaces.length > 0,
-    replaces,
-    // A pinned name cannot exist twice; a generated one lets the pool roll over before the old template goes.
-    deleteBeforeReplace: replaces.length > 0 && !news.__autoNamed,
-  };
+export async function diff(id: string, olds: Props = {}, news: Props = {}) {
+  return providerCall([olds, news], id, async () => {
+    const replaces = [...changedKeys(olds, news, TEMPLATE_REPLACE_KEYS), ...homeChange(olds, news)];
+    return {
+      changes: replaces.length > 0,
+      replaces,
+      // A pinned name cannot exist twice; a generated one lets the pool roll over before the old template goes.
+      deleteBeforeReplace: replaces.length > 0 && !news.__autoNamed,
+    };
+  });
 }
 
 /** Nothing changes in place; returns the full outputs so the state stays complete. */
 export async function update(id: string, olds: Props, news: Props): Promise<{ outs: Props }> {
-  const engine = openEngine(reporter(news.__urn, labelOf(news.__urn, id)));
-  const t = engine.findTemplate(id);
-  return { outs: t ? outputsOf(news, t) : clean({ ...olds, ...news }) };
+  return providerCall([olds, news], id, async (report) => {
+    const engine = engineFor(olds, report);
+    const t = engine.findTemplate(id);
+    return { outs: t ? outputsOf(news, t, engine.store.home) : clean({ ...olds, ...news, home: engine.store.home }) };
+  });
 }
 
 /**
- * Removes the template. Refuses while children remain (they would lose their memory image):
- * the error names them and the pool that owns each. A template that is already gone is fine.
+ * Removes the template from the home it lives in. Refuses while children remain (they would
+ * lose their memory image): the error names them and the pool that owns each. A template that
+ * is already gone is fine.
  */
 export async function remove(id: string, props: Props = {}): Promise<void> {
-  const report = reporter(props.__urn, labelOf(props.__urn, id));
-  try {
-    const engine = openEngine(report);
+  return providerCall(props, id, async (report) => {
+    const engine = engineFor(props, report);
     const t = engine.findTemplate(id);
     if (!t) return;
     if (t.children.length) throw new Error(hasChildrenMessage(engine, id, t.children));
@@ -133,9 +142,7 @@ export async function remove(id: string, props: Props = {}): Promise<void> {
       if (codeOf(err) === "HAS_CHILDREN") throw new Error(hasChildrenMessage(engine, id, engine.template(id).children));
       throw err;
     }
-  } finally {
-    await report.flush();
-  }
+  });
 }
 
 function hasChildrenMessage(engine: Engine, id: string, children: string[]): string {
