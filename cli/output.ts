@@ -57,3 +57,8 @@ export function reportError(err: unknown, json: boolean): number {
   }
   return e.code === "INVALID_ARGUMENT" ? 2 : 1;
 }
+
+/** Port forwards as `127.0.0.1:HOST->GUEST/PROTO`, or "-" for none. */
+export function forwardsText(forwards: Array<{ host: number; guest: number; proto: string }>): string {
+  return forwards.map((f) => `127.0.0.1:${f.host}->${f.guest}/${f.proto}`).join(" ") || "-";
+}
