@@ -4,19 +4,28 @@
 import * as pulumi from "@pulumi/pulumi";
 import type { Child, Estimate, InstantClonePoolArgs as SchemaArgs, InstantClonePoolOutputs } from "../schema/instant-clone-pool";
 import { instantClonePoolProvider } from "../provider/serialisable";
-import { hiddenInputs, recall, remember, seed, type Inputs, type Public } from "./common";
+import { hiddenInputs, keepSecret, recall, remember, secretPaths, seed, type Inputs, type Public } from "./common";
 import { Template } from "./template";
 
-export type InstantClonePoolArgs = Omit<Inputs<Public<SchemaArgs>>, "template"> & {
+export type InstantClonePoolArgs = Omit<Inputs<Public<SchemaArgs>>, "template" | "metadata"> & {
   /** The template: the Template itself, its `id` or `name`, or the name of a template in the engine. */
   template: pulumi.Input<string> | Template;
+  /**
+   * Key/value pairs handed to each child's guest (/etc/forkvm/metadata and metadata.json). Any
+   * value (or the whole map) may be a Pulumi secret: forkvm then keeps it out of progress lines,
+   * log messages, errors and plaintext outputs.
+   */
+  metadata?: pulumi.Input<Record<string, pulumi.Input<string>>>;
 };
 
 export type { Child, Estimate };
 
-const OUTPUTS = ["namePrefix", "template", "size", "persistent", "estimate", "plan", "children", "generation", "ready"] as const satisfies ReadonlyArray<keyof InstantClonePoolOutputs>;
+const OUTPUTS = ["home", "metadata", "namePrefix", "template", "size", "persistent", "estimate", "plan", "children", "generation", "ready"] as const satisfies ReadonlyArray<keyof InstantClonePoolOutputs | "home">;
 
 export class InstantClonePool extends pulumi.dynamic.Resource {
+  /** The forkvm home (state directory) the pool lives in, recorded when it was created. */
+  declare readonly home: pulumi.Output<string>;
+  declare readonly metadata: pulumi.Output<Record<string, string>>;
   /** Children are named `<namePrefix>-<n>`; equal to `id`. */
   declare readonly namePrefix: pulumi.Output<string>;
   declare readonly template: pulumi.Output<string>;
@@ -37,14 +46,16 @@ export class InstantClonePool extends pulumi.dynamic.Resource {
     // With the Template at hand, pass its name and shape: both are known during preview, its id
     // is not, so the preview can name the template it rolls to and estimate the cost.
     const template = recall(args.template, Template);
+    const secrets = secretPaths(args);
     const props = {
       ...seed(OUTPUTS),
       ...args,
       template: template ? template.name : (args.template as pulumi.Input<string>),
       __shape: template?.shape,
-      ...hiddenInputs(name, "InstantClonePool", opts),
+      ...hiddenInputs(name, "InstantClonePool", opts, args, secrets),
     };
     super(instantClonePoolProvider, name, props, opts, "forkvm", "InstantClonePool");
+    keepSecret(this, args, secrets);
     remember(this, this.id, this.namePrefix);
     // Where the user sees it: a message on this resource, during preview (the estimate and plan
     // come from check, so they are known before anything runs) and during up.

@@ -4,13 +4,22 @@ import * as pulumi from "@pulumi/pulumi";
 import type { ParentVmArgs as SchemaArgs, ParentVmOutputs, VmStatus } from "../schema/parent-vm";
 import type { ResolvedForward, Shape } from "../schema/common";
 import { parentVmProvider } from "../provider/serialisable";
-import { hiddenInputs, remember, seed, type Inputs, type Public } from "./common";
+import { hiddenInputs, keepSecret, remember, secretPaths, seed, type Inputs, type Public } from "./common";
 
-export type ParentVmArgs = Inputs<Public<SchemaArgs>>;
+export type ParentVmArgs = Omit<Inputs<Public<SchemaArgs>>, "init"> & {
+  /**
+   * Shell commands run in the guest, in order, before the parent counts as ready. Any of them
+   * (or the whole list) may be a Pulumi secret: forkvm then keeps it out of progress lines, log
+   * messages, errors and plaintext outputs.
+   */
+  init?: pulumi.Input<pulumi.Input<string>[]>;
+};
 
-const OUTPUTS = ["name", "shape", "status", "pid", "mac", "hostname", "ports", "machine", "accelUsed", "createdAt", "bootMs", "initMs", "templates", "memoryMiB", "vcpus", "diskMiB", "init"] as const satisfies ReadonlyArray<keyof ParentVmOutputs>;
+const OUTPUTS = ["home", "name", "shape", "status", "pid", "mac", "hostname", "ports", "machine", "accelUsed", "createdAt", "bootMs", "initMs", "templates", "memoryMiB", "vcpus", "diskMiB", "init"] as const satisfies ReadonlyArray<keyof ParentVmOutputs | "home">;
 
 export class ParentVm extends pulumi.dynamic.Resource {
+  /** The forkvm home (state directory) the parent lives in: `forkvm:home`, else FORKVM_HOME or the default, when it was created. */
+  declare readonly home: pulumi.Output<string>;
   /** The VM's name in the engine (`forkvm exec <name> ...`); equal to `id`. */
   declare readonly name: pulumi.Output<string>;
   /** Memory, vCPUs, disk and accelerator; known during preview. */
@@ -36,7 +45,9 @@ export class ParentVm extends pulumi.dynamic.Resource {
   declare readonly init: pulumi.Output<string[]>;
 
   constructor(name: string, args: ParentVmArgs = {}, opts?: pulumi.CustomResourceOptions) {
-    super(parentVmProvider, name, { ...seed(OUTPUTS), ...args, ...hiddenInputs(name, "ParentVm", opts) }, opts, "forkvm", "ParentVm");
+    const secrets = secretPaths(args);
+    super(parentVmProvider, name, { ...seed(OUTPUTS), ...args, ...hiddenInputs(name, "ParentVm", opts, args, secrets) }, opts, "forkvm", "ParentVm");
+    keepSecret(this, args, secrets);
     remember(this, this.id, this.name);
   }
 }

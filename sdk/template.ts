@@ -4,7 +4,7 @@ import * as pulumi from "@pulumi/pulumi";
 import type { TemplateArgs as SchemaArgs, TemplateOutputs } from "../schema/template";
 import type { Shape } from "../schema/common";
 import { templateProvider } from "../provider/serialisable";
-import { hiddenInputs, recall, remember, seed, type Inputs, type Public } from "./common";
+import { hiddenInputs, keepSecret, recall, remember, secretPaths, seed, type Inputs, type Public } from "./common";
 import { ParentVm } from "./parent-vm";
 
 export type TemplateArgs = Omit<Inputs<Public<SchemaArgs>>, "parent"> & {
@@ -12,9 +12,11 @@ export type TemplateArgs = Omit<Inputs<Public<SchemaArgs>>, "parent"> & {
   parent: pulumi.Input<string> | ParentVm;
 };
 
-const OUTPUTS = ["name", "parent", "source", "shape", "generation", "createdAt", "status", "problems", "stateBytes", "downtimeMs", "children"] as const satisfies ReadonlyArray<keyof TemplateOutputs>;
+const OUTPUTS = ["home", "name", "parent", "source", "shape", "generation", "createdAt", "status", "problems", "stateBytes", "downtimeMs", "children"] as const satisfies ReadonlyArray<keyof TemplateOutputs | "home">;
 
 export class Template extends pulumi.dynamic.Resource {
+  /** The forkvm home (state directory) the template lives in, recorded when it was created. */
+  declare readonly home: pulumi.Output<string>;
   /** The template's name in the engine; equal to `id` (known during preview). */
   declare readonly name: pulumi.Output<string>;
   declare readonly parent: pulumi.Output<string>;
@@ -36,14 +38,16 @@ export class Template extends pulumi.dynamic.Resource {
   constructor(name: string, args: TemplateArgs, opts?: pulumi.CustomResourceOptions) {
     // With the ParentVm at hand, pass its name and shape: both are known during preview, its id is not.
     const parent = recall(args.parent, ParentVm);
+    const secrets = secretPaths(args);
     const props = {
       ...seed(OUTPUTS),
       ...args,
       parent: parent ? parent.name : (args.parent as pulumi.Input<string>),
       __shape: parent?.shape,
-      ...hiddenInputs(name, "Template", opts),
+      ...hiddenInputs(name, "Template", opts, args, secrets),
     };
     super(templateProvider, name, props, opts, "forkvm", "Template");
+    keepSecret(this, args, secrets);
     remember(this, this.id, this.name);
   }
 }
