@@ -5,7 +5,7 @@ import * as os from "node:os";
 import { performance } from "node:perf_hooks";
 import type { Engine } from "../engine/engine";
 import { doctor } from "../engine/doctor";
-import { availableMemoryMiB } from "../engine/host";
+import { availableMemoryMiB } from "../engine/util/meminfo";
 import type { VmManifest } from "../engine/state/manifest";
 import { median, medianFields, round } from "./stats";
 

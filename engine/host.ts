@@ -5,7 +5,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { spawn } from "node:child_process";
 import { ForkvmError } from "./errors";
-import { qemuBinary, run } from "./qemu/process";
+import { qemuBinary } from "./qemu/process";
+import { run } from "./util/run";
 import type { Accel } from "./qemu/argv";
 import { writeFileAtomic } from "./util/atomic-write";
 
@@ -151,14 +152,7 @@ export async function resolveMachine(alias = "pc"): Promise<string> {
   return resolved;
 }
 
-/** MemAvailable from /proc/meminfo, in MiB. */
-export function availableMemoryMiB(): number {
-  try {
-    const m = fs.readFileSync("/proc/meminfo", "utf8").match(/MemAvailable:\s+(\d+) kB/);
-    if (m) return Math.floor(Number(m[1]) / 1024);
-  } catch { /* fall through */ }
-  return Math.floor(os.freemem() / 1048576);
-}
+export { availableMemoryMiB } from "./util/meminfo";
 
 /** Filesystem type and free space of a directory (statfs). */
 export function fsInfo(dir: string): { type: string; freeMiB: number } {

@@ -1,11 +1,14 @@
-// The only place that spawns QEMU (and qemu-img): argv arrays, never shell strings.
+// The only place that spawns QEMU (qemu-img goes through the one tool runner, util/run.ts): argv
+// arrays, never shell strings.
 // QEMU runs in its own session (setsid) so that killing the caller's process group leaves it
 // alive; it is recognised later by pid *and* by the token in its command line.
-import { spawn, execFile } from "node:child_process";
+import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { ForkvmError } from "../errors";
 import { processName, vmPaths } from "./argv";
+import { run } from "../util/run";
+import { pollUntil } from "../util/poll";
 
 export function qemuBinary(env = process.env): string {
   return env.FORKVM_QEMU ?? "qemu-system-x86_64";
@@ -200,12 +203,7 @@ export function isAlive(pid: number | undefined, token: string): boolean {
 
 /** Waits until the process is gone; false when the deadline passed first. */
 export async function waitGone(pid: number, token: string, deadlineMs: number): Promise<boolean> {
-  const until = Date.now() + deadlineMs;
-  while (isAlive(pid, token)) {
-    if (Date.now() > until) return false;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  return true;
+  return pollUntil(() => (isAlive(pid, token) ? undefined : true), { what: `wait for QEMU pid ${pid} to exit`, deadlineMs }).catch(() => false);
 }
 
 /**
@@ -218,18 +216,6 @@ export async function killQemu(pid: number | undefined, token: string, graceMs =
   if (await waitGone(pid, token, graceMs)) return;
   try { process.kill(pid, "SIGKILL"); } catch { /* already gone */ }
   if (!(await waitGone(pid, token, 5000))) throw new ForkvmError("QEMU", `Cannot kill QEMU pid ${pid}: still alive after SIGKILL`);
-}
-
-/** Runs a short-lived tool (qemu-img, apt-get...) and returns its stdout. Throws HOST with stderr. */
-export function run(cmd: string, args: string[], opts: { timeoutMs?: number; what?: string } = {}): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(cmd, args, { timeout: opts.timeoutMs ?? 60_000, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
-      if (err) {
-        const last = String(stderr).trimEnd().split("\n").slice(-10).join("\n");
-        reject(new ForkvmError("HOST", `Cannot ${opts.what ?? `run ${cmd}`}: ${last || err.message}`, { cause: err, details: { stderr: last } }));
-      } else resolve(String(stdout));
-    });
-  });
 }
 
 /** Creates a qcow2 disk: empty of `sizeMiB`, or an overlay on `backing`. */
