@@ -1,7 +1,7 @@
 // What the three providers share: values unknown during preview, check failures that name the
 // property, generated names, diffs of input properties, the forkvm home a resource lives in, and
 // one call wrapper that opens the engine there with a reporter that keeps secrets out of messages.
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import * as path from "node:path";
 import type { z } from "zod";
 import { defaultHome, Engine, ForkvmError, makeLogger } from "../engine";
@@ -169,15 +169,6 @@ export function nameSeed(props: Record<string, unknown>): string {
   return `logical:${typeof props.__logicalName === "string" ? props.__logicalName : ""}`;
 }
 
-/**
- * @deprecated Random, so preview and up disagree: use `autoName`. Kept until the pool provider
- * switches to `autoName` for its name prefix.
- */
-export function generateName(logicalName: string | undefined, fallback: string, maxLen = NAME_MAX): string {
-  const suffix = randomBytes(2).toString("hex");
-  return `${slug(logicalName, fallback, maxLen - suffix.length - 1)}-${suffix}`;
-}
-
 /** Deep equality of JSON values (property order ignored). */
 export function same(a: unknown, b: unknown): boolean {
   return JSON.stringify(canonical(a)) === JSON.stringify(canonical(b));
@@ -233,11 +224,15 @@ export function homeForCheck(olds: Props = {}, news: Props = {}): string {
   return given(news.__home) ?? given(olds.__home) ?? given(olds.home) ?? defaultHome();
 }
 
-/** `["home"]` when the checked inputs place the resource in another home than its outputs record, else `[]`: add it to diff's replaces. */
+/**
+ * `["home"]` when the checked inputs place the resource in another home than the one it lives in
+ * (`homeOf(olds)`: recorded, else, for state from before homes were recorded, the environment's),
+ * else `[]`: add it to diff's replaces.
+ */
 export function homeChange(olds: Props = {}, news: Props = {}): string[] {
-  const was = given(olds.home) ?? given(olds.__home);
+  const was = homeOf(olds);
   const now = given(news.__home);
-  return was && now && was !== now ? ["home"] : [];
+  return now && was !== now ? ["home"] : [];
 }
 
 export interface EngineForOptions {
@@ -271,14 +266,6 @@ export function engineFor(props: Props, report: Reporter, opts: EngineForOptions
       report.status(`${p.step}${count}${p.message ? `: ${p.message}` : ""}`);
     },
   });
-}
-
-/**
- * The engine of the environment's home (FORKVM_HOME / XDG), for callers that do not yet record
- * homes. Prefer `engineFor`, which opens the home the resource lives in.
- */
-export function openEngine(report: Reporter, progress = true): Engine {
-  return engineFor({}, report, { progress, home: defaultHome() });
 }
 
 /**
