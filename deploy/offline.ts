@@ -421,7 +421,8 @@ class OfflineMonitor extends MockMonitor {
   }
 
   override async readResource(req: any, callback: (err: any, res: any) => void): Promise<void> {
-    const err = new ForkvmError("INVALID_ARGUMENT", `${req.getType()} ${req.getName()}: it does not read existing resources (${req.getType()}.get); use the Pulumi CLI for this program`);
+    const what = `${shortType(req.getType())} ${req.getName()}`;
+    const err = new ForkvmError("INVALID_ARGUMENT", `${what}: it does not read existing resources (Resource.get or the id option); use the Pulumi CLI for this program`);
     callback(this.fail(err), undefined);
   }
 }

@@ -11,7 +11,7 @@ const filter = process.argv[2];
 const SUITE_DEADLINE_MS = Number(process.env.FORKVM_SUITE_DEADLINE_MS ?? 10 * 60_000);
 
 function suites(): string[] {
-  const order = ["unit", "engine", "provider", "examples"];
+  const order = ["unit", "engine", "provider", "deploy", "examples"];
   const out: string[] = [];
   for (const dir of order) {
     const d = path.join(__dirname, dir);
