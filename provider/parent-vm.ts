@@ -7,16 +7,20 @@ import { loadImage, type Engine, type VmInfo } from "../engine";
 import { ParentVmInputs, PARENT_REPLACE_KEYS, PARENT_UPDATE_KEYS, type ParentVmOutputs } from "../schema/parent-vm";
 import type { Shape } from "../schema/common";
 import { autoName, changedKeys, codeOf, engineFor, homeChange, homeForCheck, isUnknown, nameSeed, parseInputs, providerCall, redactFailures, type CheckFailure } from "./common";
-import { reporterFor, type Reporter } from "./report";
+import type { Reporter } from "./report";
 import { clean, nameTaken } from "./util";
 
 type Props = Record<string, any>;
 
 /**
  * Validates and completes the inputs: defaults, the home the parent lives in (`__home`), a
- * generated name, the image's minimum memory. Failure reasons never quote a secret.
+ * generated name, the image's minimum memory. Neither failure reasons nor a thrown error quote a secret.
  */
 export async function check(olds: Props = {}, news: Props = {}): Promise<{ inputs: Props; failures: CheckFailure[] }> {
+  return providerCall([olds, news], "parent", (report) => checkInputs(olds, news, report));
+}
+
+async function checkInputs(olds: Props, news: Props, report: Reporter): Promise<{ inputs: Props; failures: CheckFailure[] }> {
   const { inputs, failures } = parseInputs(ParentVmInputs, news);
   if (!inputs) return { inputs: news, failures: redactFailures(failures, news) };
   const home = homeForCheck(olds, news);
@@ -27,7 +31,7 @@ export async function check(olds: Props = {}, news: Props = {}): Promise<{ input
     const keep = olds.__autoNamed && typeof olds.name === "string" && !replaced;
     if (keep) inputs.name = olds.name;
     else {
-      const engine = engineFor(news, reporterFor(news, "parent"), { home, progress: false });
+      const engine = engineFor(news, report, { home, progress: false });
       inputs.name = autoName({ seed: nameSeed(news), base: news.__logicalName, fallback: "parent", taken: (n) => n === olds.name || nameTaken(engine, n) });
     }
     inputs.__autoNamed = true;

@@ -8,7 +8,7 @@ import type { Engine, TemplateInfo } from "../engine";
 import { TemplateInputs, TEMPLATE_REPLACE_KEYS, type TemplateOutputs } from "../schema/template";
 import type { Shape } from "../schema/common";
 import { autoName, changedKeys, codeOf, engineFor, homeChange, homeForCheck, isUnknown, nameSeed, parseInputs, providerCall, redactFailures, type CheckFailure } from "./common";
-import { reporterFor } from "./report";
+import type { Reporter } from "./report";
 import { clean, nameTaken } from "./util";
 
 type Props = Record<string, any>;
@@ -16,13 +16,18 @@ type Props = Record<string, any>;
 /**
  * Validates and completes the inputs: the home (`__home`), a generated name, the shape (from
  * the live parent, else from the SDK's hint), and whether the parent can still be captured.
+ * Neither failure reasons nor a thrown error quote a secret.
  */
 export async function check(olds: Props = {}, news: Props = {}): Promise<{ inputs: Props; failures: CheckFailure[] }> {
+  return providerCall([olds, news], "template", (report) => checkInputs(olds, news, report));
+}
+
+async function checkInputs(olds: Props, news: Props, report: Reporter): Promise<{ inputs: Props; failures: CheckFailure[] }> {
   const { inputs, failures } = parseInputs(TemplateInputs, news, { parent: "unknown-parent" });
   if (!inputs) return { inputs: news, failures: redactFailures(failures, news) };
   const home = homeForCheck(olds, news);
   inputs.__home = home;
-  const engine = engineFor(news, reporterFor(news, "template"), { home, progress: false });
+  const engine = engineFor(news, report, { home, progress: false });
   if (inputs.name === undefined) {
     // Keep a generated name unless the template is replaced (Pulumi then re-checks the replacement without olds).
     const replaced = changedKeys(olds, inputs, TEMPLATE_REPLACE_KEYS.filter((k) => k !== "name")).length > 0 || homeChange(olds, inputs).length > 0;
