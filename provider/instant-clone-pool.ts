@@ -9,14 +9,14 @@ import type { ApplyResult, Engine, PoolArgs, PoolInfo } from "../engine";
 import { InstantClonePoolInputs, type Child, type InstantClonePoolOutputs } from "../schema/instant-clone-pool";
 import type { Shape } from "../schema/common";
 import { autoName, changedKeys, codeOf, engineFor, homeChange, homeForCheck, isUnknown, nameSeed, parseInputs, pathString, PartialFailure, providerCall, redactFailures, type CheckFailure } from "./common";
-import { labelOf, reporter } from "./report";
+import { labelOf, redactor, reporter, secretValues } from "./report";
 import { clean } from "./util";
 
 /** The checked inputs: the schema's output plus what check adds. */
 type Inputs = z.output<typeof InstantClonePoolInputs> & { name: string; __home?: string; estimate: InstantClonePoolOutputs["estimate"]; plan: string[] };
 /** What Pulumi hands back: the outputs of the last create/update/read (or nothing). Untrusted: read field by field. */
 type Outputs = Record<string, unknown>;
-type PoolOutputs = InstantClonePoolOutputs & { home: string };
+type PoolOutputs = InstantClonePoolOutputs;
 
 const REPLACE_KEYS = ["name", "namePrefix"] as const;
 const UPDATE_KEYS = ["template", "size", "persistent", "macPrefix", "metadata", "forwards", "updatePolicy", "concurrency", "readyTimeoutS"] as const;
@@ -89,7 +89,9 @@ export async function check(olds: Outputs = {}, news: Record<string, unknown> = 
   try {
     const change = engine.planPool(argsOf(inputs), { shape, templatePending: true });
     inputs.estimate = change.estimate;
-    inputs.plan = change.lines;
+    // Plan lines name children, never metadata values; redacted all the same, as the SDK logs them.
+    const clean = redactor(secretValues(news));
+    inputs.plan = change.lines.map(clean);
   } catch (err) {
     if (codeOf(err) !== "INVALID_ARGUMENT" && codeOf(err) !== "CONFLICT") throw err;
     failures.push(...failuresOf(err));

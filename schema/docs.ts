@@ -96,8 +96,12 @@ export function render(): string {
 
 \`import { ParentVm, Template, InstantClonePool } from "forkvm"\`. Every resource is a Pulumi dynamic
 resource; its \`id\` is the engine's name for it, so \`forkvm ls\`, \`forkvm exec <name>\` and the
-other CLI commands work on what a program created. The engine's state lives in \`FORKVM_HOME\`
-(default \`~/.local/state/forkvm\`) of the user running \`pulumi\`.
+other CLI commands work on what a program created. The state directory is the stack's
+\`forkvm:home\` config (\`pulumi config set forkvm:home /srv/forkvm\`), else \`FORKVM_HOME\`, else
+\`~/.local/state/forkvm\` of the user running \`pulumi\`. Each resource records it as the output
+\`home\`, and refresh, update and destroy use that home; changing \`forkvm:home\` replaces the
+resources into the new home. Generated names are derived from each resource's URN, so
+\`pulumi preview\` shows the names \`pulumi up\` then creates.
 
 Inputs accept Pulumi \`Input<>\` values. Invalid inputs fail \`pulumi preview\` with the property named
 (\`property memoryMiB value 64 has a problem: must be at least 128: image default needs 128 MiB\`).
@@ -114,6 +118,17 @@ took is \`consumed\` and stays so.
 \`\`\`ts
 const parent = new ParentVm("web", { memoryMiB: 256, init: ["echo warm > /tmp/state"] });
 \`\`\`
+
+**Secrets.** Any \`init\` command, or the whole list, may be a Pulumi secret (and so may any
+InstantClonePool \`metadata\` value). forkvm then keeps it out of everything it shows: progress lines,
+log messages and error messages read \`[secret]\` in its place; when a secret command fails, the error
+gives its number and exit code but not its output, which may quote it. The output of the same name
+is secret (encrypted in the stack's state). forkvm stores the value only where it must, to use it
+again: an \`init\` command in the parent's manifest, to run it again when the parent is started again;
+a metadata value in the child's manifest and in its guest's \`/etc/forkvm/metadata\`, which is what it
+is for. Manifests are mode 0600 in the 0700 state directory: readable by the user who runs
+\`pulumi\`, and by root. (The offline deployment used without the Pulumi CLI keeps its own state in
+plaintext.)
 
 ${inputTable(ParentVmInputs, replaceOrUpdate(PARENT_REPLACE_KEYS))}
 

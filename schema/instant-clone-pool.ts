@@ -78,6 +78,7 @@ export const InstantClonePoolOutputs = PoolInputFields.extend({
   children: z.array(Child).describe("Every child, sorted by index."),
   generation: z.string().describe("The template generation the pool is (rolling) on."),
   ready: z.number().int().describe("How many children run the declared template generation."),
+  home: z.string().describe("The forkvm home (state directory) the resource lives in, recorded when it was created; refresh, update and delete use it."),
 }).strict();
 export type InstantClonePoolOutputs = z.output<typeof InstantClonePoolOutputs>;
 

@@ -38,5 +38,6 @@ export const ParentVmOutputs = ParentVmInputs.extend({
   bootMs: z.number().optional().describe("Boot time to agent-ready, in ms."),
   initMs: z.number().optional().describe("Time the init commands took, in ms."),
   templates: z.array(z.string()).describe("Templates taken of this parent."),
+  home: z.string().describe("The forkvm home (state directory) the resource lives in, recorded when it was created; refresh, update and delete use it."),
 }).strict();
 export type ParentVmOutputs = z.output<typeof ParentVmOutputs>;

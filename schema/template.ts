@@ -29,5 +29,6 @@ export const TemplateOutputs = TemplateInputs.extend({
   stateBytes: z.number().int().describe("Size of the device checkpoint in bytes."),
   downtimeMs: z.number().optional().describe("How long the parent was paused for the capture, in ms."),
   children: z.array(z.string()).describe("Children forked from this template, as last read."),
+  home: z.string().describe("The forkvm home (state directory) the resource lives in, recorded when it was created; refresh, update and delete use it."),
 }).strict();
 export type TemplateOutputs = z.output<typeof TemplateOutputs>;

@@ -20,7 +20,7 @@ export type InstantClonePoolArgs = Omit<Inputs<Public<SchemaArgs>>, "template" |
 
 export type { Child, Estimate };
 
-const OUTPUTS = ["home", "metadata", "namePrefix", "template", "size", "persistent", "estimate", "plan", "children", "generation", "ready"] as const satisfies ReadonlyArray<keyof InstantClonePoolOutputs | "home">;
+const OUTPUTS = ["home", "metadata", "namePrefix", "template", "size", "persistent", "estimate", "plan", "children", "generation", "ready"] as const satisfies ReadonlyArray<keyof InstantClonePoolOutputs>;
 
 export class InstantClonePool extends pulumi.dynamic.Resource {
   /** The forkvm home (state directory) the pool lives in, recorded when it was created. */

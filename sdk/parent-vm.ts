@@ -15,7 +15,7 @@ export type ParentVmArgs = Omit<Inputs<Public<SchemaArgs>>, "init"> & {
   init?: pulumi.Input<pulumi.Input<string>[]>;
 };
 
-const OUTPUTS = ["home", "name", "shape", "status", "pid", "mac", "hostname", "ports", "machine", "accelUsed", "createdAt", "bootMs", "initMs", "templates", "memoryMiB", "vcpus", "diskMiB", "init"] as const satisfies ReadonlyArray<keyof ParentVmOutputs | "home">;
+const OUTPUTS = ["home", "name", "shape", "status", "pid", "mac", "hostname", "ports", "machine", "accelUsed", "createdAt", "bootMs", "initMs", "templates", "memoryMiB", "vcpus", "diskMiB", "init"] as const satisfies ReadonlyArray<keyof ParentVmOutputs>;
 
 export class ParentVm extends pulumi.dynamic.Resource {
   /** The forkvm home (state directory) the parent lives in: `forkvm:home`, else FORKVM_HOME or the default, when it was created. */

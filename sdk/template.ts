@@ -12,7 +12,7 @@ export type TemplateArgs = Omit<Inputs<Public<SchemaArgs>>, "parent"> & {
   parent: pulumi.Input<string> | ParentVm;
 };
 
-const OUTPUTS = ["home", "name", "parent", "source", "shape", "generation", "createdAt", "status", "problems", "stateBytes", "downtimeMs", "children"] as const satisfies ReadonlyArray<keyof TemplateOutputs | "home">;
+const OUTPUTS = ["home", "name", "parent", "source", "shape", "generation", "createdAt", "status", "problems", "stateBytes", "downtimeMs", "children"] as const satisfies ReadonlyArray<keyof TemplateOutputs>;
 
 export class Template extends pulumi.dynamic.Resource {
   /** The forkvm home (state directory) the template lives in, recorded when it was created. */
