@@ -18,7 +18,6 @@ type Inputs = z.output<typeof InstantClonePoolInputs> & { name: string; __home?:
 type Outputs = Record<string, unknown>;
 type PoolOutputs = InstantClonePoolOutputs;
 
-const REPLACE_KEYS = ["name", "namePrefix"] as const;
 const UPDATE_KEYS = ["template", "size", "persistent", "macPrefix", "metadata", "forwards", "updatePolicy", "concurrency", "readyTimeoutS"] as const;
 /** Room left in a 63-character name for "-<n>" with n up to 10000. */
 const MAX_NAME = 57;
@@ -101,7 +100,13 @@ export async function check(olds: Outputs = {}, news: Record<string, unknown> = 
 
 export async function diff(id: string, olds: Outputs = {}, input: Record<string, unknown> = {}) {
   const news = input as Inputs;
-  const replaces = [...changedKeys(olds, news, REPLACE_KEYS), ...homeChange(olds, news)];
+  // The children's prefix defaults to the pool's name: compare what each side means, not what it spells.
+  const prefix = (p: Record<string, unknown>) => p.namePrefix ?? p.name;
+  const replaces = [
+    ...changedKeys(olds, news, ["name"]),
+    ...(prefix(olds) !== undefined && prefix(olds) !== prefix(news) ? ["namePrefix"] : []),
+    ...homeChange(olds, news),
+  ];
   const updates = changedKeys(olds, news, UPDATE_KEYS);
   let drift = false;
   if (!replaces.length && !updates.length && !isUnknown(news.template)) {

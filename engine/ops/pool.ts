@@ -216,6 +216,10 @@ function candidates(vms: VmManifest[], spec: PoolSpec, manifest: PoolManifest | 
 }
 
 function planFor(ctx: Ctx, spec: PoolSpec, manifest: PoolManifest | undefined, hints: PlanHints = {}) {
+  if (manifest && prefixOf(manifest.spec) !== prefixOf(spec)) {
+    // Renaming running children is not something a pool does: it would mix names and metadata.
+    throw new ForkvmError("INVALID_ARGUMENT", `Cannot change the prefix of pool ${spec.name} from ${prefixOf(manifest.spec)} to ${prefixOf(spec)}: its children are named after it; remove the pool (forkvm pool rm ${spec.name}) or make a new one`, { details: { field: "prefix" } });
+  }
   const vms = ctx.store.listVms();
   const t = ctx.store.findTemplate(spec.template);
   if (!t && !hints.templatePending && spec.size > 0) throw new ForkvmError("NOT_FOUND", `Cannot plan pool ${spec.name}: template ${spec.template} does not exist in ${ctx.store.home}`, { details: { field: "template" } });

@@ -191,7 +191,7 @@ test("template t1 → t2: a rolling update in batches of 2, never more than 2 ch
   const names = outs.children.map((c: Props) => c.name);
   assert.equal(names, state.pool.outs.children.map((c: Props) => c.name), "same names after the roll");
   const logs = sink.entries.slice(logsBefore);
-  assert.ok(logs.some((e) => e.ephemeral && e.urn === URN.pool && /rolling batch 1\/3/.test(e.message)), "progress reached the engine's Log on the pool's URN");
+  assert.ok(logs.some((e) => e.ephemeral && e.urn === URN.pool && /roll: batch 1\/3/.test(e.message)), "progress reached the engine's Log on the pool's URN");
   assert.ok(logs.some((e) => !e.ephemeral && /5\/5 children ready/.test(e.message)));
   console.log(`\nwhat the user sees on the pool's row:\n${logs.map((e) => `  ${e.ephemeral ? "(status)" : e.severity}: ${e.message}`).join("\n")}`);
   state.pool = { id: state.pool.id, news, inputs, outs };
