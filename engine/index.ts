@@ -15,3 +15,4 @@ export { doctor, type DoctorReport } from "./doctor";
 export { buildDefaultImage, loadImage, type GuestImage } from "./image";
 export { chooseAccel, type AccelProbe } from "./host";
 export { defaultHome, defaultMemDir } from "./state/store";
+export { templateProblems } from "./instance/template-files";

@@ -3,8 +3,7 @@
 // does not manage, naming them; always in the forkvm home the template lives in. A template is
 // immutable: every input change (and a new home) replaces it.
 import * as fs from "node:fs";
-import { createHash } from "node:crypto";
-import type { Engine, TemplateInfo } from "../engine";
+import { templateProblems, type Engine, type TemplateInfo } from "../engine";
 import { TemplateInputs, TEMPLATE_REPLACE_KEYS, type TemplateOutputs } from "../schema/template";
 import type { Shape } from "../schema/common";
 import { autoName, changedKeys, codeOf, engineFor, homeChange, homeForCheck, isUnknown, nameSeed, parseInputs, providerCall, redactFailures, type CheckFailure } from "./common";
@@ -55,19 +54,9 @@ async function checkInputs(olds: Props, news: Props, report: Reporter): Promise<
   return { inputs: clean(inputs), failures: redactFailures(failures, news) };
 }
 
-/** What is wrong with a template's files, if anything. */
+/** What is wrong with a template's files, if anything (the engine's one integrity check, checksum included). */
 export function problemsOf(t: TemplateInfo): string[] {
-  const problems: string[] = [];
-  const mem = fs.statSync(t.memoryPath, { throwIfNoEntry: false });
-  if (!mem) problems.push(`memory image ${t.memoryPath} is missing`);
-  else if (mem.size < t.shape.memoryMiB * 1048576) problems.push(`memory image ${t.memoryPath} is truncated`);
-  try {
-    if (createHash("sha256").update(fs.readFileSync(t.statePath)).digest("hex") !== t.stateSha256) problems.push(`checkpoint ${t.statePath} does not match its checksum`);
-  } catch {
-    problems.push(`checkpoint ${t.statePath} is missing`);
-  }
-  if (t.diskPath && !fs.existsSync(t.diskPath)) problems.push(`base disk ${t.diskPath} is missing`);
-  return problems;
+  return templateProblems(t, { deep: true });
 }
 
 /** The outputs: the checked inputs plus the template as the engine has it, and the home it lives in. */

@@ -228,8 +228,9 @@ function planFor(ctx: Ctx, spec: PoolSpec, manifest: PoolManifest | undefined, h
   const desired = desiredOf(spec, t?.generation);
   const plan = planPool(desired, live);
   const lines = describePlan(plan, desired, live);
-  if (!t) lines.push(`template ${spec.template} is created in this deployment`);
-  else {
+  if (!t) {
+    if (hints.templatePending) lines.push(`template ${spec.template} is created in this deployment`);
+  } else {
     const problems = templateProblems(t);
     if (problems.length) lines.push(`warning: template ${t.name} is broken (${problems.join("; ")}): forks will fail`);
   }
