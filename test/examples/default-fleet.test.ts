@@ -1,7 +1,7 @@
 // The root program (the default fleet) and `npm run up`: with a Pulumi CLI on PATH it runs
-// `pulumi up` on a local file backend with an empty passphrase; without one it says how to install
-// it and deploys through the dynamic-provider host: up, up again, a resize previewed with its
-// estimate and plan, applied, destroyed; no QEMU left.
+// `pulumi up` on a local file backend with an empty passphrase; with the offline deployment (no
+// Pulumi CLI), which says why it is used: up, up again, a resize previewed with its estimate and
+// plan, applied, destroyed; no QEMU left.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { suite } from "uvu";
@@ -42,13 +42,13 @@ test("with a Pulumi CLI on PATH, npm run up runs it on a file backend with an em
     `${backend}|[]|stack select --create dev --non-interactive`,
     `${backend}|[]|up --yes --non-interactive --stack dev`,
   ]);
-  assert.not.match(r.out, /not installed/);
+  assert.not.match(r.out, /offline deployment/);
 }));
 
-test("without the CLI: install hint, then up, up again, a previewed resize to 5, applied, destroyed", deadline(240_000, async () => {
+test("offline: the reason in one line, then up, up again, a previewed resize to 5, applied, destroyed", deadline(240_000, async () => {
   const first = await up(ROOT, "--stack", stack);
   assert.is(first.code, 0, first.out + first.err);
-  assert.match(first.out, /The Pulumi CLI is not installed\. To use the real thing:\n {2}curl -fsSL https:\/\/get\.pulumi\.com \| sh/);
+  assert.match(first.out, /^Using the offline deployment \(no Pulumi CLI\): FORKVM_NO_PULUMI_CLI is set$/m);
   assert.is(summaryOf(first.out), "3 create");
   const outputs = outputsOf(first.out);
   assert.is(outputs.children.length, 4);
