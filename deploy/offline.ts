@@ -486,7 +486,7 @@ export async function deploy(opts: DeployOptions): Promise<DeployResult> {
   let lost: Error | undefined;
   const release = await lockState(stateFile, (err) => {
     lost = err;
-    print(`warning: the lock of ${stateFile} was lost (${err.message}); this run stops at its next state write`);
+    print(`warning: the ${OFFLINE} lost the lock of ${stateFile} (${err.message}); this run stops at its next state write`);
   });
   const counts: DeployResult["counts"] = { create: 0, update: 0, replace: 0, delete: 0, same: 0, read: 0 };
   const t0 = Date.now();
