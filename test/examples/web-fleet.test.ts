@@ -61,7 +61,7 @@ test("up, then revision 2 captures a new template and rolls the servers one at a
   const rolled = await up(dir, "--stack", stack);
   assert.is(rolled.code, 0, rolled.out + rolled.err);
   assert.is(summaryOf(rolled.out), "1 create, 1 update, 1 replace, 1 delete, 1 same");
-  assert.match(rolled.out, /rolling batch 1\/2 .*\n(.*\n)*.*rolling batch 2\/2/);
+  assert.match(rolled.out, /roll: batch 1\/2 .*\n(.*\n)*.*roll: batch 2\/2/);
   const after = outputsOf(rolled.out);
   assert.is.not(after.generation, before.generation);
   assert.equal(after.urls, before.urls, "same ports after the roll");
