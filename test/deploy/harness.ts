@@ -1,12 +1,11 @@
 // Shared by the deploy suites: throwaway Pulumi projects that depend on this package the way the
 // examples do (node_modules/forkvm → the package), `npm run up`'s entry run from the sources in a
 // child process, and a stand-in `pulumi` executable that records how it was called.
-import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { ROOT } from "../provider/harness";
-import { linkForkvm } from "../examples/harness";
+import { linkForkvm, run } from "../examples/harness";
 
 /** A fresh directory under this suite's test home (or the system's temp dir). */
 export function tempDir(prefix: string): string {
@@ -40,30 +39,7 @@ export interface Run {
  * `cwd`, with exactly `env` on top of this process's environment; a key set to undefined is removed.
  */
 export function up(args: string[], opts: { env?: Record<string, string | undefined>; cwd?: string; timeoutMs?: number } = {}): Promise<Run> {
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  for (const [k, v] of Object.entries(opts.env ?? {})) {
-    if (v === undefined) delete env[k];
-    else env[k] = v;
-  }
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, ["-r", "ts-node/register/transpile-only", path.join(ROOT, "deploy", "up.ts"), ...args], {
-      cwd: opts.cwd ?? ROOT,
-      env,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    let err = "";
-    p.stdout.on("data", (d) => (out += d));
-    p.stderr.on("data", (d) => (err += d));
-    const timer = setTimeout(() => {
-      p.kill("SIGKILL");
-      reject(new Error(`up ${args.join(" ")} took longer than ${opts.timeoutMs ?? 60_000} ms:\n${out}\n${err}`));
-    }, opts.timeoutMs ?? 60_000);
-    p.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, out, err });
-    });
-  });
+  return run(process.execPath, ["-r", "ts-node/register/transpile-only", path.join(ROOT, "deploy", "up.ts"), ...args], { cwd: opts.cwd ?? ROOT, env: opts.env, timeoutMs: opts.timeoutMs ?? 60_000 });
 }
 
 export interface Call {

@@ -68,3 +68,16 @@ export function urnOf(type: string, name: string): string {
 export function secs(t0: number): number {
   return Math.round((Date.now() - t0) / 10) / 100;
 }
+
+const SECRET_SIG = "4dabf18193072939515e22adb298388d";
+
+/** Values as a dynamic provider gets and returns them: the host declines secrets, so secret wrappers are unwrapped. */
+export function plain(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(plain);
+  if (v && typeof v === "object") {
+    const o = v as Record<string, unknown>;
+    if (o[SECRET_SIG]) return plain(o.value);
+    return Object.fromEntries(Object.entries(o).map(([k, x]) => [k, plain(x)]));
+  }
+  return v;
+}

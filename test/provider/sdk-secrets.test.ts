@@ -5,22 +5,12 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import * as pulumi from "@pulumi/pulumi";
 import { deadline } from "../helpers/deadline";
+import { plain } from "./harness";
 
 type Props = Record<string, any>;
-const SECRET_SIG = "4dabf18193072939515e22adb298388d";
 const TOKEN = "s3cr3t-token";
 const registered = new Map<string, Props>();
 
-/** What a dynamic provider returns: plain values (the host declines secrets), so any secret mark the program sees is the SDK's. */
-function plain(v: unknown): unknown {
-  if (Array.isArray(v)) return v.map(plain);
-  if (v && typeof v === "object") {
-    const o = v as Props;
-    if (o[SECRET_SIG]) return plain(o.value);
-    return Object.fromEntries(Object.entries(o).map(([k, x]) => [k, plain(x)]));
-  }
-  return v;
-}
 
 function valueOf<T>(o: pulumi.Output<T>): Promise<T> {
   return new Promise((resolve) => o.apply((v) => resolve(v)));

@@ -14,10 +14,9 @@ import * as pulumi from "@pulumi/pulumi";
 import { Engine, loadImage } from "../../engine";
 import { HostError, LogSink, ProviderHost } from "../../deploy/provider-host";
 import { deadline } from "../helpers/deadline";
-import { ensureBuilt, qemuOfThisSuite, removeAll, ROOT, secs } from "./harness";
+import { ensureBuilt, plain, qemuOfThisSuite, removeAll, ROOT, secs } from "./harness";
 
 type Props = Record<string, any>;
-const SECRET_SIG = "4dabf18193072939515e22adb298388d";
 const TOKEN = "s3cr3t-token";
 const test = suite("home and secrets through the dynamic-provider host");
 const timings: Record<string, number> = {};
@@ -30,16 +29,6 @@ let sink: LogSink;
 let host: ProviderHost;
 const state: Record<string, { id: string; inputs: Props; outs: Props }> = {};
 
-/** Inputs as the engine sends them to a dynamic provider: it declines secrets, so they arrive plain. */
-function plain(v: unknown): unknown {
-  if (Array.isArray(v)) return v.map(plain);
-  if (v && typeof v === "object") {
-    const o = v as Props;
-    if (o[SECRET_SIG]) return plain(o.value);
-    return Object.fromEntries(Object.entries(o).map(([k, x]) => [k, plain(x)]));
-  }
-  return v;
-}
 
 function news(name: string, extra: Props = {}): { urn: string; news: Props } {
   const r = registered.get(name)!;
