@@ -5,6 +5,7 @@
 import { randomBytes } from "node:crypto";
 import { z } from "zod";
 import { ForkvmError } from "../errors";
+import { MAC_RE } from "../spec";
 
 /** The agent version this host was written against (PROTOCOL.md, "Versioning"). */
 export const AGENT_VERSION = "1";
@@ -21,7 +22,6 @@ const MAX_MESSAGE_CHARS = 2000;
 // ---------------------------------------------------------------------------------------------
 // Fields
 
-const MAC_RE = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
 const LABEL_RE = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
 const MACHINE_ID_RE = /^[0-9a-f]{32}$/;
 const ID_RE = /^[A-Za-z0-9_-]+$/;
@@ -33,7 +33,8 @@ export function isHostname(s: unknown): s is string {
 
 /** Six hex octets separated by ':' (either case). */
 export function isMac(s: unknown): s is string {
-  return typeof s === "string" && s.length === 17 && MAC_RE.test(s);
+  // The engine's one MAC rule (engine/spec.ts); the protocol also takes upper case and lowers it.
+  return typeof s === "string" && s.length === 17 && MAC_RE.test(s.toLowerCase());
 }
 
 /** What /etc/machine-id holds: 32 lowercase hex digits. */
