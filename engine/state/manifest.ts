@@ -78,6 +78,14 @@ export const TemplateManifest = z.object({
   parentMac: z.string(),
   parentHostname: z.string(),
   timings: z.record(z.string(), z.number()),
+  /**
+   * The memory image kept on disk (sparse: zero pages are holes), put back in tmpfs on first use
+   * after a reboot emptied it. `sha256` covers the non-zero 4 KiB pages in order, then a bitmap of
+   * which pages are non-zero (instance/template-files.ts). Absent on templates made before it.
+   */
+  memoryImage: z.object({ path: z.string(), sha256: z.string(), dataBytes: z.number().int() }).strict().optional(),
+  /** The QEMU that captured it (version; binary path and identity): children must run the same. */
+  qemu: z.object({ version: z.string(), binary: z.string(), id: z.string().optional() }).strict().optional(),
 }).strict();
 export type TemplateManifest = z.infer<typeof TemplateManifest>;
 
