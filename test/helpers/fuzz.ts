@@ -128,8 +128,10 @@ export function mutate(r: Rand, valid: Record<string, unknown>): Record<string, 
       at = at[k];
     }
     const keys = Object.keys(at);
-    const k = keys.length ? r.pick(keys) : "x";
-    switch (r.int(7)) {
+    const k = keys.length ? r.pick(keys) : Array.isArray(at) ? "0" : "x";
+    const op = r.int(7);
+    if (Array.isArray(at) && (op === 1 || op === 2)) { at.push(randomValue(r, 2)); continue; } // arrays get elements, not keys
+    switch (op) {
       case 0: if (Array.isArray(at)) at.splice(Number(k), 1); else delete at[k]; break;
       case 1: setOwn(at, r.pick(PROTO_KEYS), randomValue(r, 2)); break;
       case 2: setOwn(at, r.pick(NASTY_STRINGS), randomValue(r, 2)); break;
