@@ -5,6 +5,8 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import type { Store } from "../../engine/state/store";
+import type { VmManifest } from "../../engine/state/manifest";
 
 /** mulberry32: a small seeded PRNG, values in [0, 1). */
 export function prng(seed: number): () => number {
@@ -191,7 +193,8 @@ export function plantCanary(root: string, home: string, exclude: string[] = []):
       const head = `${st.mode.toString(8)} ${st.uid}`;
       if (st.isSymbolicLink()) out.set(p, `link ${head} ${fs.readlinkSync(p)}`);
       else if (st.isDirectory()) { out.set(p, `dir ${head}`); walk(p, out); }
-      else if (st.isFile()) out.set(p, `file ${head} ${st.size} ${st.mtimeMs} ${createHash("sha256").update(fs.readFileSync(p)).digest("hex")}`);
+      // (Files over 8 MiB, such as sparse memory images, by size, inode and mtime: hashing them costs seconds.)
+      else if (st.isFile()) out.set(p, `file ${head} ${st.size} ${st.mtimeMs} ${st.size > 8 << 20 ? `ino ${st.ino}` : createHash("sha256").update(fs.readFileSync(p)).digest("hex")}`);
       else out.set(p, `other ${head}`);
     }
     return out;
@@ -213,4 +216,40 @@ export function plantCanary(root: string, home: string, exclude: string[] = []):
 /** A fresh scratch directory for one suite (under FORKVM_TEST_HOME when test/run.ts gave one). */
 export function scratch(prefix: string): string {
   return fs.mkdtempSync(path.join(process.env.FORKVM_TEST_HOME ?? os.tmpdir(), `${prefix}-`));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A home with objects in it (no QEMU): what hostile calls must leave alone.
+
+const SHAPE = { accel: "tcg" as const, machine: "pc-i440fx-7.2", memoryMiB: 128, vcpus: 1, kernel: "/nonexistent/k", initrd: "/nonexistent/i", cmdline: "", disk: false, nic: false };
+
+/**
+ * Writes, through the store, a stopped parent `par`, a whole template `t` of it (a sparse memory
+ * image, a checkpoint matching its checksum), a stopped child `v` of `t` and an empty pool `pl`.
+ */
+export function seedHome(s: Store): void {
+  s.init();
+  const at = "2026-01-01T00:00:00.000Z";
+  const vm = (name: string, extra: Partial<VmManifest>): VmManifest => ({
+    version: 1, kind: "vm", name, role: "parent", createdAt: at, state: "stopped", shape: SHAPE, token: "0123456789ab",
+    memoryPath: s.memoryPath("vms", name), mac: "52:54:00:00:00:01", hostname: name, forwards: [], startedBy: "boot", ...extra,
+  });
+  s.reserve("vms", "par");
+  s.writeVm(vm("par", {}));
+  s.reserve("templates", "t");
+  const state = path.join(s.dir("templates", "t"), "state.bin");
+  fs.writeFileSync(state, "checkpoint");
+  const mem = s.memoryPath("templates", "t");
+  fs.writeFileSync(mem, "");
+  fs.truncateSync(mem, SHAPE.memoryMiB * 1048576);
+  s.writeTemplate({
+    version: 1, kind: "template", name: "t", generation: "g1", createdAt: at, source: "frozen", parent: "par", shape: SHAPE,
+    memoryPath: mem, statePath: state, stateBytes: 10, stateSha256: createHash("sha256").update("checkpoint").digest("hex"),
+    parentMac: "52:54:00:00:00:01", parentHostname: "par", timings: {},
+  });
+  s.reserve("vms", "v");
+  s.writeVm(vm("v", { role: "child", template: { name: "t", generation: "g1" }, memoryPath: mem, startedBy: "fork" }));
+  s.reserve("pools", "pl");
+  s.writePool({ version: 1, kind: "pool", name: "pl", createdAt: at, updatedAt: at, children: [],
+    spec: { name: "pl", template: "t", size: 0, persistent: false, metadata: {}, forwards: [], updatePolicy: { maxUnavailable: 1 }, concurrency: 4, readyTimeoutS: 60 } });
 }

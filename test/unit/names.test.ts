@@ -9,12 +9,11 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { Engine } from "../../engine/engine";
 import { ForkvmError } from "../../engine/errors";
-import type { VmManifest } from "../../engine/state/manifest";
 import * as parentVm from "../../provider/parent-vm";
 import * as template from "../../provider/template";
 import * as pool from "../../provider/instant-clone-pool";
 import { deadline } from "../helpers/deadline";
-import { plantCanary, scratch } from "../helpers/fuzz";
+import { plantCanary, scratch, seedHome } from "../helpers/fuzz";
 
 const root = path.join(__dirname, "..", "..");
 const tmp = scratch("names");
@@ -34,32 +33,7 @@ const BAD = [
 ];
 
 // Objects in the home that no refused call may touch: a parent, a template with a child, a pool.
-const shape = { accel: "tcg" as const, machine: "pc-i440fx-7.2", memoryMiB: 128, vcpus: 1, kernel: "/nonexistent/k", initrd: "/nonexistent/i", cmdline: "", disk: false, nic: false };
-function seed(): void {
-  const s = engine.store;
-  s.init();
-  const vm = (name: string, extra: Partial<VmManifest>): VmManifest => ({
-    version: 1, kind: "vm", name, role: "parent", createdAt: "2026-01-01T00:00:00.000Z", state: "stopped", shape, token: "0123456789ab",
-    memoryPath: s.memoryPath("vms", name), mac: "52:54:00:00:00:01", hostname: name, forwards: [], startedBy: "boot", ...extra,
-  });
-  s.reserve("vms", "par");
-  s.writeVm(vm("par", {}));
-  s.reserve("templates", "t");
-  const tdir = s.dir("templates", "t");
-  fs.writeFileSync(path.join(tdir, "state.bin"), "checkpoint");
-  fs.writeFileSync(s.memoryPath("templates", "t"), Buffer.alloc(4096, 3));
-  s.writeTemplate({
-    version: 1, kind: "template", name: "t", generation: "g1", createdAt: "2026-01-01T00:00:00.000Z", source: "frozen", parent: "par", shape,
-    memoryPath: s.memoryPath("templates", "t"), statePath: path.join(tdir, "state.bin"), stateBytes: 10, stateSha256: "0".repeat(64),
-    parentMac: "52:54:00:00:00:01", parentHostname: "par", timings: {},
-  });
-  s.reserve("vms", "v");
-  s.writeVm(vm("v", { role: "child", template: { name: "t", generation: "g1" }, memoryPath: s.memoryPath("templates", "t"), startedBy: "fork" }));
-  s.reserve("pools", "pl");
-  s.writePool({ version: 1, kind: "pool", name: "pl", createdAt: "x", updatedAt: "x", children: [],
-    spec: { name: "pl", template: "t", size: 0, persistent: false, metadata: {}, forwards: [], updatePolicy: { maxUnavailable: 1 }, concurrency: 4, readyTimeoutS: 60 } });
-}
-seed();
+seedHome(engine.store);
 const before = canary.digest();
 
 /** Every Engine entry point that takes a name, with the field its refusal must name. */
