@@ -23,7 +23,31 @@ export const MachineShape = z.object({
   nic: z.boolean(),
 }).strict();
 
-export const VmState = z.enum(["creating", "running", "stopped", "consumed"]);
+/** The manifest version this forkvm writes and reads; a higher one was written by a newer forkvm (left alone, reported). */
+export const MANIFEST_VERSION = 1;
+
+/** `starting`: a stopped VM being launched again (start, reset); like `creating`, it names the process doing it (`op`). */
+export const VmState = z.enum(["creating", "starting", "running", "stopped", "consumed"]);
+
+/** A process as recorded: pid, start time (clock ticks after boot) and boot id, so a reused pid never passes for it. */
+export const ProcessRecord = z.object({ pid: z.number().int(), start: z.number(), boot: z.string() }).strict();
+
+/**
+ * A multi-step operation in flight on a VM and the process doing it. While that process lives the
+ * operation is in progress; once it is gone the operation was interrupted: `ls` says so and `gc`
+ * finishes it (store.ts stamps create/start; instance/recovery.ts writes capture).
+ */
+export const OpRecord = z.object({
+  what: z.enum(["create", "start", "capture"]),
+  by: ProcessRecord,
+  since: z.string(),
+  /** capture: the template being made and its source mode. */
+  template: Name.optional(),
+  source: z.enum(["frozen", "running"]).optional(),
+  /** capture: files moved from the parent so far (from → to), so an interrupted capture can put them back. */
+  moved: z.array(z.object({ from: z.string(), to: z.string() }).strict()).optional(),
+}).strict();
+export type OpRecord = z.infer<typeof OpRecord>;
 
 export const VmManifest = z.object({
   version: z.literal(1),
@@ -57,6 +81,8 @@ export const VmManifest = z.object({
   /** Children of a pool: the pool that created (and owns) it, and its index there. */
   pool: z.object({ name: Name, index: z.number().int().min(1) }).strict().optional(),
   timings: z.record(z.string(), z.number()).optional(),
+  /** The operation in flight and who runs it (see OpRecord); absent when none is. */
+  op: OpRecord.optional(),
 }).strict();
 export type VmManifest = z.infer<typeof VmManifest>;
 

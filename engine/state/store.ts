@@ -1,17 +1,19 @@
 // The state directory: one directory per object holding one versioned manifest written
 // atomically (temp → fsync → rename → fsync dir), plus a tmpfs directory for memory images.
-// Names are reserved by mkdir (atomic) in one namespace shared by VMs, templates and pools;
-// mutations of one object take its lock.
+// Names are reserved by mkdir (atomic) in one namespace shared by VMs, templates and pools, and a
+// reservation names the process that made it; mutations of one object take its lock, and a lock
+// names its holder, so a holder that died is known at once. The memory directory is private.
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import * as lockfile from "proper-lockfile";
 import { z } from "zod";
 import { ForkvmError, messageOf } from "../errors";
 import { checkName, NAME_RE } from "../spec";
 import { writeFileAtomic } from "../util/atomic-write";
-import { PoolManifest, TemplateManifest, VmManifest } from "./manifest";
+import { isLive, selfRef, type ProcessRef } from "../qemu/find";
+import { MANIFEST_VERSION, PoolManifest, ProcessRecord, TemplateManifest, VmManifest } from "./manifest";
 
 export type Kind = "vms" | "templates" | "pools";
 export const KINDS: readonly Kind[] = ["vms", "templates", "pools"];
@@ -47,14 +49,50 @@ export class Store {
     return path.join(this.home, kind, checkName(name));
   }
 
-  memoryPath(kind: Kind, name: string): string {
-    return path.join(this.memDir, `${kind}-${checkName(name)}.mem`);
+  /** An object's file in the memory directory: `<kind>-<name>.<ext>`, `ext` one of MEM_FILES[kind]. */
+  memFile(kind: Kind, name: string, ext: MemFileExt): string {
+    if (!(MEM_FILES[kind] as readonly string[]).includes(ext)) throw new Error(`${kind} own no .${ext} memory-directory file`);
+    return path.join(this.memDir, `${kind}-${checkName(name)}.${ext}`);
   }
 
-  /** Creates the directories the store needs. */
-  init(): void {
-    for (const d of [...KINDS.map((k) => path.join(this.home, k)), this.memDir]) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+  /** The memory image of a VM (its own, shared) or of a template (read-only). */
+  memoryPath(kind: Kind, name: string): string {
+    return this.memFile(kind, name, "mem");
   }
+
+  /** Every memory-directory file an object of this name may own (what remove and gc may delete; nothing else there is theirs). */
+  memFilesOf(kind: Kind, name: string): string[] {
+    return MEM_FILES[kind].map((ext) => this.memFile(kind, name, ext));
+  }
+
+  /**
+   * Creates an empty file of `bytes` in the memory directory for QEMU to map, never through a link:
+   * whatever is at the path (a planted symlink included) is unlinked, then the file is made with
+   * O_EXCL|O_NOFOLLOW, 0600. (QEMU's memory-backend-file follows a symlink at mem-path, and grows
+   * and maps its target.) Throws HOST.
+   */
+  createMemFile(file: string, bytes: number): void {
+    this.init();
+    if (path.dirname(file) !== this.memDir || !memFileOwner(path.basename(file))) throw new Error(`${file} is not a forkvm file of ${this.memDir}`);
+    try {
+      fs.rmSync(file, { force: true });
+      const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
+      try { fs.ftruncateSync(fd, bytes); } finally { fs.closeSync(fd); }
+    } catch (err) {
+      throw new ForkvmError("HOST", `Cannot create memory file ${file}: ${messageOf(err)}`, { cause: err, details: { file } });
+    }
+  }
+
+  /** Creates the directories the store needs; the memory directory must be private (see privateMemDir). Throws HOST. */
+  init(): void {
+    for (const d of KINDS.map((k) => path.join(this.home, k))) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+    if (!this.memDirChecked) {
+      privateMemDir(this.memDir);
+      this.memDirChecked = true;
+    }
+  }
+
+  private memDirChecked = false;
 
   /** The kind of object holding `name`, if any (VMs, templates and pools share one namespace). */
   kindOf(name: string): Kind | undefined {
@@ -76,19 +114,55 @@ export class Store {
     const others = KINDS.filter((k) => k !== kind);
     const other = others.find((k) => this.exists(k, name));
     if (other) throw taken(other);
-    try {
-      fs.mkdirSync(dir, { mode: 0o700 });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "EEXIST") throw taken(kind);
-      throw err;
-    }
+    if (!this.makeReservation(kind, name)) throw taken(kind);
     // A concurrent reservation of the same name in another kind: both back off, neither wins twice.
     const raced = others.find((k) => this.exists(k, name));
     if (raced) {
-      fs.rmdirSync(dir);
+      fs.rmSync(dir, { recursive: true, force: true });
       throw taken(raced);
     }
     return dir;
+  }
+
+  /** mkdir of the object's directory (false when it exists), then the record of who reserved it. */
+  private makeReservation(kind: Kind, name: string): boolean {
+    const dir = this.dir(kind, name);
+    try {
+      fs.mkdirSync(dir, { mode: 0o700 });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "EEXIST") return false;
+      throw err;
+    }
+    writeFileAtomic(path.join(dir, RESERVATION_FILE), JSON.stringify({ by: selfRef(), at: new Date().toISOString() }) + "\n", 0o600);
+    return true;
+  }
+
+  /**
+   * Who reserved an object's directory and how long ago (its mtime), or undefined when there is
+   * no directory. `by` is undefined for a directory reserved by a forkvm before this record existed
+   * (or in the instant between mkdir and the record).
+   */
+  reservation(kind: Kind, name: string): { by?: ProcessRef; ageMs: number } | undefined {
+    const dir = this.dir(kind, name);
+    let ageMs: number;
+    try { ageMs = Date.now() - fs.statSync(dir).mtimeMs; } catch { return undefined; }
+    try {
+      const r = z.object({ by: ProcessRecord }).safeParse(JSON.parse(fs.readFileSync(path.join(dir, RESERVATION_FILE), "utf8")));
+      return { by: r.success ? r.data.by : undefined, ageMs };
+    } catch {
+      return { ageMs };
+    }
+  }
+
+  /**
+   * Holds a name no object has, for gc to delete files an earlier object of that name left, while
+   * no create can take the name (a create racing it fails with ALREADY_EXISTS, as with any
+   * reservation). Returns the release, or undefined when the name is held.
+   */
+  claimName(kind: Kind, name: string): (() => void) | undefined {
+    this.init();
+    if (!this.makeReservation(kind, name)) return undefined;
+    return () => fs.rmSync(this.dir(kind, name), { recursive: true, force: true });
   }
 
   /** Whether `kind` has an object (or a half-made one) of this name. */
@@ -101,8 +175,13 @@ export class Store {
     writeFileAtomic(path.join(this.dir(kind, name), "manifest.json"), JSON.stringify(json, null, 2) + "\n", 0o600);
   }
 
+  /**
+   * Writes a VM's manifest. A manifest in a transitional state (`creating`, `starting`) records the
+   * process writing it as the operation's owner (`op`, kept when already set); any other state ends
+   * a create or start (`op` dropped), while a capture's `op` stays until its writer clears it.
+   */
   writeVm(m: VmManifest): void {
-    this.write("vms", m.name, VmManifest.parse(m));
+    this.write("vms", m.name, VmManifest.parse({ ...m, op: opFor(m) }));
   }
 
   writeTemplate(m: TemplateManifest): void {
@@ -132,11 +211,42 @@ export class Store {
     try {
       json = JSON.parse(text);
     } catch (err) {
-      throw new ForkvmError("STATE", `Cannot read ${file}: not JSON (${messageOf(err)}); the file is damaged`, { cause: err, details: { file } });
+      throw new ForkvmError("STATE", `Cannot read ${file}: not JSON (${messageOf(err)}); the file is damaged`, { cause: err, details: { file, problem: "damaged" } });
+    }
+    const version = (json as { version?: unknown } | null)?.version;
+    if (typeof version === "number" && Number.isInteger(version) && version > MANIFEST_VERSION) {
+      throw new ForkvmError("STATE", `Cannot read ${file}: it was written by a newer forkvm (manifest version ${version}; this forkvm reads version ${MANIFEST_VERSION}); use that forkvm, gc leaves it alone`, {
+        details: { file, problem: "unknown-version", version },
+      });
     }
     const parsed = schema.safeParse(json);
-    if (!parsed.success) throw new ForkvmError("STATE", `Cannot read ${file}: invalid manifest: ${parsed.error.issues.slice(0, 5).map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`, { details: { file } });
+    if (!parsed.success) throw new ForkvmError("STATE", `Cannot read ${file}: invalid manifest: ${parsed.error.issues.slice(0, 5).map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`, { details: { file, problem: "damaged" } });
     return parsed.data;
+  }
+
+  /**
+   * What is under an object's name, without throwing for what is half-made or unreadable: a valid
+   * manifest (`ok`), nothing, a directory without a manifest (`reserved`: a create in flight or
+   * interrupted), a manifest that does not validate (`damaged`) or one of a newer forkvm
+   * (`unknown-version`). Throws INVALID_ARGUMENT for a bad name only.
+   */
+  probe(kind: Kind, name: string): ObjectHealth {
+    const find = kind === "vms" ? () => this.findVm(name) : kind === "templates" ? () => this.findTemplate(name) : () => this.findPool(name);
+    try {
+      const manifest = find();
+      if (manifest) return { kind, name, health: "ok", manifest };
+      const r = this.reservation(kind, name);
+      return r ? { kind, name, health: "reserved", by: r.by, ageMs: r.ageMs } : { kind, name, health: "absent" };
+    } catch (err) {
+      const d = err instanceof ForkvmError ? err.details : {};
+      if (d.problem === "unknown-version") return { kind, name, health: "unknown-version", version: d.version as number, message: messageOf(err) };
+      return { kind, name, health: "damaged", message: messageOf(err) };
+    }
+  }
+
+  /** Every object directory that holds no valid manifest (see probe), for `ls` and `gc` to report. */
+  problems(): ObjectHealth[] {
+    return KINDS.flatMap((k) => this.names(k).map((n) => this.probe(k, n)).filter((p) => p.health !== "ok" && p.health !== "absent"));
   }
 
   /** The VM's manifest, or undefined when there is none (yet). Throws STATE if it is corrupt. */
@@ -204,10 +314,34 @@ export class Store {
     return this.list("pools", (n) => this.findPool(n));
   }
 
-  /** Removes an object's directory and its memory file; safe to repeat. */
+  /**
+   * Removes an object: its directory goes at once (renamed aside, so no half-deleted object is ever
+   * seen), then every memory-directory file of its name (memFilesOf), then the renamed directory.
+   * Safe to repeat; what a crash leaves is `.trash-*`, which gc removes.
+   */
   remove(kind: Kind, name: string): void {
-    fs.rmSync(this.dir(kind, name), { recursive: true, force: true });
-    fs.rmSync(this.memoryPath(kind, name), { force: true });
+    const dir = this.dir(kind, name);
+    const trash = path.join(this.home, kind, `${TRASH_PREFIX}${name}-${randomBytes(4).toString("hex")}`);
+    let moved = true;
+    try {
+      fs.renameSync(dir, trash);
+    } catch (err) {
+      moved = false;
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") fs.rmSync(dir, { recursive: true, force: true });
+    }
+    for (const f of this.memFilesOf(kind, name)) fs.rmSync(f, { force: true });
+    if (moved) fs.rmSync(trash, { recursive: true, force: true });
+  }
+
+  /** Leftovers of removals that crashed midway (`<kind>/.trash-*`): nothing refers to them. */
+  trash(): string[] {
+    return KINDS.flatMap((k) => {
+      try {
+        return fs.readdirSync(path.join(this.home, k)).filter((f) => f.startsWith(TRASH_PREFIX)).map((f) => path.join(this.home, k, f));
+      } catch {
+        return [];
+      }
+    });
   }
 
   /** The lock directory of an object (proper-lockfile's mkdir lock): what `withLock` holds and `isLocked` checks. */
@@ -215,13 +349,85 @@ export class Store {
     return path.join(this.home, kind, `${checkName(name)}.lock`);
   }
 
-  /** Whether a live holder has the object's lock (a stale lock of a crashed holder is not). */
+  /** Where a lock's holder is recorded while it holds it: `<kind>/<name>.lock.owner` (inside the lock directory it would stop proper-lockfile's rmdir). */
+  private holderPath(kind: Kind, name: string): string {
+    return `${this.lockPath(kind, name)}.owner`;
+  }
+
+  /** The recorded holder of an object's lock, if any. */
+  lockHolder(kind: Kind, name: string): ProcessRef | undefined {
+    return readHolder(this.holderPath(kind, name))?.by;
+  }
+
+  /** Whether a live holder has the object's lock (a stale lock, or one whose recorded holder died, is not). */
   isLocked(kind: Kind, name: string): boolean {
     try {
-      return lockfile.checkSync(this.lockPath(kind, name), { realpath: false, lockfilePath: this.lockPath(kind, name), stale: LOCK_STALE_MS });
+      if (!lockfile.checkSync(this.lockPath(kind, name), { realpath: false, lockfilePath: this.lockPath(kind, name), stale: LOCK_STALE_MS })) return false;
     } catch {
       return false;
     }
+    const holder = readHolder(this.holderPath(kind, name));
+    return !holder || isLive(holder.by);
+  }
+
+  /**
+   * Frees a lock whose recorded holder is dead (SIGKILL, host crash), so nobody waits out the
+   * stale limit. Of several processes reaping at once, exactly one wins: the one whose rename took
+   * the dead holder's record (a record found to be a live holder's is put back). Returns whether
+   * the lock was freed.
+   */
+  private reapDeadHolder(kind: Kind, name: string): boolean {
+    const file = this.holderPath(kind, name);
+    const seen = readHolder(file);
+    if (!seen || isLive(seen.by)) return false;
+    const grabbed = `${file}.reap-${randomBytes(4).toString("hex")}`;
+    try {
+      fs.renameSync(file, grabbed);
+    } catch {
+      return false;
+    }
+    const got = readHolder(grabbed);
+    if (got?.id !== seen.id) {
+      try { fs.linkSync(grabbed, file); } catch { /* a newer holder recorded itself meanwhile */ }
+      fs.rmSync(grabbed, { force: true });
+      return false;
+    }
+    try { fs.rmdirSync(this.lockPath(kind, name)); } catch { /* already gone */ }
+    fs.rmSync(grabbed, { force: true });
+    return true;
+  }
+
+  /**
+   * Removes what locks of dead holders left (for gc): a lock whose recorded holder died, a holder
+   * record without its lock, and a lock without a record past the stale limit. Live holders' locks
+   * are never touched. Returns the paths removed.
+   */
+  sweepLocks(): string[] {
+    const out: string[] = [];
+    for (const k of KINDS) {
+      let entries: string[] = [];
+      try { entries = fs.readdirSync(path.join(this.home, k)); } catch { continue; }
+      for (const f of entries) {
+        const m = /^([a-z0-9][a-z0-9-]*)\.lock(\.owner(\.reap-[0-9a-f]+)?)?$/.exec(f);
+        if (!m || !NAME_RE.test(m[1])) continue;
+        const file = path.join(this.home, k, f);
+        const lock = this.lockPath(k, m[1]);
+        if (!m[2]) {
+          // The lock itself: a dead holder's goes with its record; one without a record once stale.
+          if (this.reapDeadHolder(k, m[1])) out.push(lock);
+          else if (!readHolder(this.holderPath(k, m[1])) && fs.existsSync(lock) && !this.isLocked(k, m[1])) {
+            try { fs.rmdirSync(lock); out.push(lock); } catch { /* taken meanwhile */ }
+          }
+        } else if (!fs.existsSync(file)) {
+          continue; // reaped above
+        } else {
+          const holder = readHolder(file);
+          if (holder && isLive(holder.by)) continue;
+          if (m[3] || !fs.existsSync(lock)) { fs.rmSync(file, { force: true }); out.push(file); }
+        }
+      }
+    }
+    return out;
   }
 
   /**
@@ -242,16 +448,94 @@ export class Store {
           onCompromised: (err) => onCompromised?.(err),
         });
       } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "ELOCKED" && this.reapDeadHolder(kind, name)) continue;
         if ((err as NodeJS.ErrnoException).code !== "ELOCKED" || Date.now() > until) {
-          throw new ForkvmError("CONFLICT", `Cannot lock ${NOUN[kind]} ${name}: ${messageOf(err)}`, { cause: err, details: { lock: file } });
+          const holder = this.lockHolder(kind, name);
+          const by = holder ? ` (held by pid ${holder.pid})` : "";
+          throw new ForkvmError("CONFLICT", `Cannot lock ${NOUN[kind]} ${name}: ${messageOf(err)}${by}`, { cause: err, details: { lock: file, holder: holder?.pid } });
         }
         await new Promise((r) => setTimeout(r, 20 + Math.random() * 30));
       }
     }
+    // Who holds it, so a waiter can tell a dead holder at once (reapDeadHolder).
+    const id = randomBytes(6).toString("hex");
+    const holderFile = this.holderPath(kind, name);
+    try {
+      writeFileAtomic(holderFile, JSON.stringify({ by: selfRef(), id }) + "\n", 0o600);
+    } catch { /* without the record, a crash of this holder is seen when the lock goes stale */ }
     try {
       return await fn();
     } finally {
+      if (readHolder(holderFile)?.id === id) fs.rmSync(holderFile, { force: true });
       await release().catch(() => undefined);
     }
   }
+}
+
+/** Files an object of each kind may own in the memory directory, by extension: the one list of them. */
+export const MEM_FILES = {
+  /** .mem: a parent's (or full clone's) own memory; .qcow2: a non-persistent child's delta disk. */
+  vms: ["mem", "qcow2"],
+  /** .mem: the template's memory image; .stream: a running-mode capture's migration stream. */
+  templates: ["mem", "stream"],
+  pools: [],
+} as const satisfies Record<Kind, readonly string[]>;
+export type MemFileExt = (typeof MEM_FILES)[Kind][number];
+
+/** The object a memory-directory file name belongs to, or undefined when forkvm does not own that name. */
+export function memFileOwner(file: string): { kind: Kind; name: string } | undefined {
+  const m = /^(vms|templates|pools)-(.+)\.([a-z0-9]+)$/.exec(file);
+  if (!m || !NAME_RE.test(m[2])) return undefined;
+  const kind = m[1] as Kind;
+  return (MEM_FILES[kind] as readonly string[]).includes(m[3]) ? { kind, name: m[2] } : undefined;
+}
+
+/** What probe finds under a name. */
+export type ObjectHealth = { kind: Kind; name: string } & (
+  | { health: "ok"; manifest: VmManifest | TemplateManifest | PoolManifest }
+  | { health: "absent" }
+  | { health: "reserved"; by?: ProcessRef; ageMs: number }
+  | { health: "damaged"; message: string }
+  | { health: "unknown-version"; version: number; message: string }
+);
+
+/** The record a reservation leaves in the object's directory. */
+const RESERVATION_FILE = "reserved-by.json";
+const TRASH_PREFIX = ".trash-";
+
+function readHolder(file: string): { by: ProcessRef; id: string } | undefined {
+  try {
+    const r = z.object({ by: ProcessRecord, id: z.string() }).safeParse(JSON.parse(fs.readFileSync(file, "utf8")));
+    return r.success ? r.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The `op` a VM manifest is written with (see Store.writeVm). */
+function opFor(m: VmManifest): VmManifest["op"] {
+  const what = m.state === "creating" ? "create" : m.state === "starting" ? "start" : undefined;
+  if (what) return m.op?.what === what ? m.op : { what, by: selfRef(), since: new Date().toISOString() };
+  return m.op?.what === "capture" ? m.op : undefined;
+}
+
+/**
+ * Makes the memory directory (0700, parents too) or checks an existing one: a real directory (not
+ * a link) owned by this user with no access for anyone else: guest RAM lives there, and a file
+ * another user planted could be a link forkvm's QEMU would follow. Throws HOST naming the directory
+ * and what to do.
+ */
+export function privateMemDir(dir: string): void {
+  try {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw new ForkvmError("HOST", `Cannot create memory directory ${dir}: ${messageOf(err)}`, { cause: err, details: { memDir: dir } });
+  }
+  const st = fs.lstatSync(dir);
+  const uid = process.getuid?.();
+  const refuse = (why: string, fix: string) =>
+    new ForkvmError("HOST", `Cannot use memory directory ${dir}: ${why}; ${fix}, or set FORKVM_MEMDIR to a directory of your own with mode 0700`, { details: { memDir: dir, mode: st.mode & 0o7777, uid: st.uid } });
+  if (st.isSymbolicLink() || !st.isDirectory()) throw refuse(st.isSymbolicLink() ? "it is a symbolic link" : "it is not a directory", "remove it");
+  if (uid !== undefined && st.uid !== uid) throw refuse(`it belongs to uid ${st.uid}, not to you (uid ${uid}): another user may read or replace guest memory there`, "find out who made it and remove it");
+  if (st.mode & 0o077) throw refuse(`its mode is ${(st.mode & 0o777).toString(8).padStart(4, "0")}, others may read guest memory or plant files there`, `if nothing in it is anyone else's, chmod 700 ${dir}`);
 }

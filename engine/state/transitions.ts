@@ -3,11 +3,17 @@
 // here before it acts; nothing else decides whether a VM "may go from A to B".
 import { ForkvmError } from "../errors";
 import { isAlive } from "../qemu/process";
+import { isLive } from "../qemu/find";
 import type { VmManifest } from "./manifest";
 
 export type VmState = VmManifest["state"];
-/** The recorded state reconciled with the process: a dead `running` VM is `crashed`. */
-export type VmStatus = VmState | "crashed";
+/**
+ * The recorded state reconciled with the processes: a dead `running` VM is `crashed`; a `running`
+ * parent whose capture's process died is `paused` (the capture may have stopped it: gc resumes
+ * it); a `creating` VM whose creator died is `abandoned` (gc removes it, QEMU included); a
+ * `starting` VM whose starter died is `interrupted` (gc stops it; start starts it again).
+ */
+export type VmStatus = VmState | "crashed" | "paused" | "abandoned" | "interrupted";
 
 export type VmOp = "start" | "stop" | "reset" | "capture-frozen" | "capture-running" | "exec" | "set-metadata";
 
@@ -25,17 +31,21 @@ const nonPersistentChild = (vm: VmManifest) =>
   vm.role === "child" && !vm.persistent ? undefined : vm.role === "child" ? "it is a persistent child (stop and start keep its disk)" : "it is a parent (only non-persistent children reset to their template)";
 
 export const TRANSITIONS: Readonly<Record<VmOp, Rule>> = {
-  start: { from: ["stopped", "crashed"], to: "running", needs: "a stopped or crashed VM" },
-  stop: { from: ["running", "crashed", "stopped", "creating"], to: "stopped", needs: "a VM that was not consumed by a template" },
-  reset: { from: ["running", "stopped", "crashed"], to: "running", only: nonPersistentChild, needs: "a non-persistent child" },
+  start: { from: ["stopped", "crashed", "interrupted"], to: "running", needs: "a stopped or crashed VM" },
+  stop: { from: ["running", "crashed", "stopped", "creating", "paused", "abandoned", "interrupted"], to: "stopped", needs: "a VM that was not consumed by a template" },
+  reset: { from: ["running", "stopped", "crashed", "paused", "interrupted"], to: "running", only: nonPersistentChild, needs: "a non-persistent child" },
   "capture-frozen": { from: ["running"], to: "consumed", needs: "a running VM" },
   "capture-running": { from: ["running"], to: "running", needs: "a running VM" },
   exec: { from: ["running"], needs: "a running VM" },
-  "set-metadata": { from: ["creating", "running", "stopped", "crashed"], needs: "a VM that was not consumed by a template" },
+  "set-metadata": { from: ["creating", "starting", "running", "stopped", "crashed", "paused", "interrupted"], needs: "a VM that was not consumed by a template" },
 };
 
 export function statusOf(vm: VmManifest): VmStatus {
-  if (vm.state === "running") return isAlive(vm.pid, vm.token) ? "running" : "crashed";
+  // An operation whose process is gone was interrupted (a manifest of an older forkvm has no `op`: as recorded).
+  const orphaned = vm.op !== undefined && !isLive(vm.op.by);
+  if (vm.state === "running") return !isAlive(vm.pid, vm.token) ? "crashed" : orphaned && vm.op?.what === "capture" ? "paused" : "running";
+  if (vm.state === "creating") return orphaned ? "abandoned" : "creating";
+  if (vm.state === "starting") return orphaned ? "interrupted" : "starting";
   return vm.state;
 }
 
