@@ -5,7 +5,9 @@ import type { Ctx } from "../context";
 import { ForkvmError } from "../errors";
 import type { VmManifest } from "../state/manifest";
 import { isAlive, killQemu, tail } from "../qemu/process";
+import { livePid } from "../qemu/find";
 import { vmPaths } from "../qemu/argv";
+import { fault } from "../util/fault";
 import type { AgentClient } from "../guest/client";
 import type { Undo } from "../undo";
 import { newToken } from "./identity";
@@ -14,29 +16,35 @@ import { writeMetadata } from "./metadata";
 
 /**
  * Cold-boots `vm`: its own shared memory file, a new QEMU token, waits for the guest agent, then
- * settles it (see `settle`). Updates `vm` (pid, token, timings) and its manifest. Registers the
- * kill in `undo`. Throws QEMU, TIMEOUT (with the console's last lines) or AGENT (an init command
- * failed).
+ * settles it (see `settle`). The manifest holds the new token before QEMU is spawned (so a crash
+ * at any point leaves a QEMU gc can find), then its pid. Updates `vm` (pid, token, timings) and its
+ * manifest; `vm.state` is the caller's (`creating`, `starting`). Registers the kill in `undo`.
+ * Throws QEMU, HOST (memory file), TIMEOUT (with the console's last lines) or AGENT (an init
+ * command failed).
  */
 export async function bootVm(ctx: Ctx, vm: VmManifest, deadlineMs: number, undo: Undo, kernelArgs: string[] = []): Promise<void> {
   const dir = ctx.store.dir("vms", vm.name);
   const start = Date.now();
   ctx.progress?.({ step: "boot", message: `booting ${vm.name} (${vm.shape.accel})` });
-  vm.token = newToken();
-  vm.memoryPath = ctx.store.memoryPath("vms", vm.name);
-  fs.rmSync(vm.memoryPath, { force: true });
+  const token = newToken();
+  const memoryPath = ctx.store.memoryPath("vms", vm.name);
+  Object.assign(vm, { token, memoryPath, pid: undefined, startedBy: "boot" });
+  ctx.store.writeVm(vm);
+  fault("boot:recorded");
+  let spawned: number | undefined;
+  undo.push("kill QEMU", () => killQemu(spawned ?? livePid(undefined, token), token));
+  undo.push("remove memory file", () => fs.rmSync(memoryPath, { force: true }));
+  // Made here, not by QEMU: QEMU follows a link planted at mem-path (and grows and maps its target).
+  ctx.store.createMemFile(memoryPath, vm.shape.memoryMiB * 1048576);
   const { pid, qmp } = await startInstance(vm.shape, {
-    token: vm.token, dir, memory: { path: vm.memoryPath, share: true }, diskPath: vm.diskPath,
+    token, dir, memory: { path: memoryPath, share: true }, diskPath: vm.diskPath,
     mac: vm.mac, forwards: vm.forwards, kernelArgs: [`forkvm.hostname=${vm.hostname}`, ...kernelArgs],
   });
   qmp.close();
-  const token = vm.token;
-  const memoryPath = vm.memoryPath;
-  undo.push("kill QEMU", () => killQemu(pid, token));
-  undo.push("remove memory file", () => fs.rmSync(memoryPath, { force: true }));
+  spawned = pid;
   vm.pid = pid;
-  vm.startedBy = "boot";
   ctx.store.writeVm(vm);
+  fault("boot:spawned");
   const agent = agentFor(dir);
   try {
     try {
@@ -50,6 +58,7 @@ export async function bootVm(ctx: Ctx, vm: VmManifest, deadlineMs: number, undo:
       throw qemuFailure(dir, `boot VM ${vm.name} to agent-ready`, err);
     }
     vm.timings = { ...vm.timings, bootMs: Date.now() - start };
+    fault("boot:ready");
     await settle(ctx, vm, agent, Math.max(1000, deadlineMs - (Date.now() - start)));
   } finally {
     agent.close();

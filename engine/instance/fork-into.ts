@@ -9,8 +9,10 @@ import type { Ctx } from "../context";
 import { ForkvmError, messageOf } from "../errors";
 import type { TemplateManifest, VmManifest } from "../state/manifest";
 import { copyDisk, createDisk, isAlive, killQemu } from "../qemu/process";
+import { livePid } from "../qemu/find";
 import { waitStatus } from "../qemu/wait";
 import { run } from "../util/run";
+import { fault } from "../util/fault";
 import type { Undo } from "../undo";
 import { newToken } from "./identity";
 import { agentFor, qemuFailure, startInstance } from "./launch";
@@ -32,14 +34,16 @@ export async function createFifos(dirs: string[]): Promise<void> {
 
 /** Where a child's delta disk lives: its directory (persistent) or tmpfs (discarded on stop). */
 export function childDiskPath(ctx: Ctx, name: string, persistent: boolean): string {
-  return persistent ? path.join(ctx.store.dir("vms", name), "disk.qcow2") : path.join(ctx.store.memDir, `vms-${name}.qcow2`);
+  return persistent ? path.join(ctx.store.dir("vms", name), "disk.qcow2") : ctx.store.memFile("vms", name, "qcow2");
 }
 
 /**
  * Starts one forked instance of `t` for `vm` (new or existing: reset and start use it too):
  * a fresh delta disk, QEMU waiting for the checkpoint, load, cont, identity.
- * Updates vm.pid, vm.token, vm.timings and the manifest. `state` is the checkpoint if the caller
- * has already read and checked it.
+ * Updates vm.pid, vm.token, vm.timings and the manifest; the manifest holds the new token before
+ * QEMU is spawned (so a crash at any point leaves a QEMU gc can find), then its pid; `vm.state` is
+ * the caller's (`creating`, `starting`). `state` is the checkpoint if the caller has already read
+ * and checked it. Throws NOT_FOUND (the template's memory image is gone), QEMU, MIGRATION, AGENT.
  */
 export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, readyDeadlineMs: number, undo: Undo, state?: Buffer): Promise<void> {
   const dir = ctx.store.dir("vms", vm.name);
@@ -50,7 +54,8 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
     fs.rmSync(vm.diskPath, { force: true });
     const proto = overlayPrototypePath(t);
     if (full) await copyDisk(t.diskPath!, vm.diskPath);
-    else if (fs.existsSync(proto)) fs.copyFileSync(proto, vm.diskPath);
+    // EXCL: never written through a link someone put at the path.
+    else if (fs.existsSync(proto)) fs.copyFileSync(proto, vm.diskPath, fs.constants.COPYFILE_EXCL);
     else await createDisk(vm.diskPath, { backing: t.diskPath });
     const disk = vm.diskPath;
     if (!vm.persistent) undo.push("remove delta disk", () => fs.rmSync(disk, { force: true }));
@@ -62,22 +67,28 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
     vm.memoryPath = ctx.store.memoryPath("vms", vm.name);
     const mem = vm.memoryPath;
     undo.push("remove memory copy", () => fs.rmSync(mem, { force: true }));
-    fs.copyFileSync(t.memoryPath, mem);
+    fs.rmSync(mem, { force: true });
+    fs.copyFileSync(t.memoryPath, mem, fs.constants.COPYFILE_EXCL);
     fs.chmodSync(mem, 0o600);
   }
   const copyMs = ms();
-  vm.token = newToken();
-  vm.shape = t.shape;
-  vm.template = { name: t.name, generation: t.generation };
-  vm.startedBy = "fork";
-  const token = vm.token;
+  // QEMU would create a missing memory file (an empty one: a guest that crashes at once).
+  if (!fs.existsSync(vm.memoryPath)) throw new ForkvmError("NOT_FOUND", `Cannot fork ${vm.name} from template ${t.name}: its memory image ${vm.memoryPath} is gone`, { details: { file: vm.memoryPath } });
+  const token = newToken();
+  Object.assign(vm, { token, pid: undefined, shape: t.shape, template: { name: t.name, generation: t.generation }, startedBy: "fork" });
+  // Recorded before it is spawned: whatever happens next, gc finds this QEMU by its token.
+  ctx.store.writeVm(vm);
+  fault("fork:recorded");
+  let spawned: number | undefined;
+  undo.push("kill QEMU", () => killQemu(spawned ?? livePid(undefined, token), token, 500));
   const { pid, qmp } = await startInstance(t.shape, {
     token, dir, memory: { path: vm.memoryPath, share: full }, diskPath: vm.diskPath, mac: vm.mac, forwards: vm.forwards, incoming: true,
     tbSizeMiB: CHILD_TB_SIZE_MIB,
   });
-  undo.push("kill QEMU", () => killQemu(pid, token, 500));
+  spawned = pid;
   vm.pid = pid;
   ctx.store.writeVm(vm);
+  fault("fork:spawned");
   const spawnMs = ms();
   const sock = path.join(dir, "migrate.sock");
   let loadedMs = 0;
@@ -97,6 +108,7 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
     await sent;
     loadedMs = ms();
     await qmp.execute("cont");
+    fault("fork:running");
   } catch (err) {
     throw qemuFailure(dir, `fork ${vm.name} from template ${t.name}`, err);
   } finally {
