@@ -72,11 +72,19 @@ function escapeOpt(value: string): string {
   return value.replace(/,/g, ",,");
 }
 
+/**
+ * QEMU's seccomp filter: no obsolete system calls, no set*uid/gid, no fork or exec (so migration
+ * streams go through sockets the engine holds, never `exec:`), no scheduler or priority changes.
+ * A guest that takes over QEMU keeps these limits (see engine/README.md, "Not guaranteed / limits").
+ */
+export const SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
 export function machineArgs(shape: MachineShape, inst: InstanceSpec): string[] {
   const mem = inst.memory;
   const args = [
     "-name", `${processName(inst.token)},debug-threads=off`,
     "-nodefaults", "-no-user-config", "-display", "none",
+    "-sandbox", SANDBOX,
     "-accel", shape.accel === "tcg" && inst.tbSizeMiB ? `tcg,tb-size=${inst.tbSizeMiB}` : shape.accel,
     "-machine", `${shape.machine},memory-backend=mem`,
   ];
