@@ -117,6 +117,11 @@ export function copy<T>(v: T): T {
   return v;
 }
 
+/** JSON text of any value (BigInt as a number; Symbols and functions dropped, as JSON drops undefined). */
+export function jsonText(v: unknown): string {
+  return JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? Number(x) : typeof x === "symbol" || typeof x === "function" ? undefined : x)) ?? "null";
+}
+
 /** A mutation of a valid input: one to three edits (replace, delete, add an unknown or prototype key, retype, nest). */
 export function mutate(r: Rand, valid: Record<string, unknown>): Record<string, unknown> {
   const out = copy(valid);
