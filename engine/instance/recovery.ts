@@ -66,11 +66,18 @@ export function interrupted(vm: VmManifest): boolean {
  *   QEMU killed, never resumed: it would write the template's memory); a parent that is still
  *   alive is resumed (a migration in flight cancelled first) and its disk re-read from QEMU (a
  *   running capture may have moved it onto a new overlay); the mark is cleared;
+ * - a parent `consumed` by a template that was never written (the capture died between the
+ *   parent's manifest and the template's) and still holding its own disk: given back, `stopped`;
  * - a running parent whose QEMU is paused although no operation holds it (`checkPaused`): resumed.
  * Throws QMP or QEMU when QEMU cannot be resumed or killed.
  */
 export async function recoverVm(ctx: Ctx, vm: VmManifest, opts: { checkPaused?: boolean } = {}): Promise<string | undefined> {
   const { store } = ctx;
+  const unmade = unmadeTemplateOf(ctx, vm);
+  if (unmade) {
+    store.writeVm({ ...vm, state: "stopped", pid: undefined, op: undefined, templates: vm.templates?.slice(0, -1) });
+    return `gave ${vm.name} back: its capture into template ${unmade} was interrupted before the template existed; it is stopped with its own disk (start it again)`;
+  }
   if (vm.state === "starting" && interrupted(vm)) {
     await killQemu(livePid(vm.pid, vm.token), vm.token, 1000);
     if (vm.role === "child" && !vm.persistent && vm.diskPath) fs.rmSync(vm.diskPath, { force: true });
@@ -107,6 +114,20 @@ export async function recoverVm(ctx: Ctx, vm: VmManifest, opts: { checkPaused?: 
     }
   }
   return undefined;
+}
+
+/**
+ * The template a `consumed` VM was consumed by, when that template never came to be: its directory
+ * holds no manifest and the process that reserved it is gone, while the VM still has its own disk
+ * (or none): nothing shares the VM's files, so it can be given back.
+ */
+export function unmadeTemplateOf(ctx: Ctx, vm: VmManifest): string | undefined {
+  const name = vm.templates?.at(-1);
+  if (vm.state !== "consumed" || !name) return undefined;
+  const h = safe(() => ctx.store.probe("templates", name));
+  if (h?.health !== "reserved" || !h.by || isLive(h.by)) return undefined;
+  const own = !vm.diskPath || (vm.diskPath.startsWith(ctx.store.dir("vms", vm.name) + "/") && fs.existsSync(vm.diskPath));
+  return own ? name : undefined;
 }
 
 /** QEMU run states in which a VM forkvm counts as running is not running. */

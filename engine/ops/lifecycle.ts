@@ -10,7 +10,7 @@ import { KINDS, memFileOwner, type Kind, type ObjectHealth } from "../state/stor
 import { statusOf, transition, type VmStatus } from "../state/transitions";
 import { isAlive, killQemu } from "../qemu/process";
 import { isLive, listQemus, livePid, qemusUnder, type QemuProcess } from "../qemu/find";
-import { interrupted, recoverVm } from "../instance/recovery";
+import { interrupted, recoverVm, unmadeTemplateOf } from "../instance/recovery";
 import { fault } from "../util/fault";
 import { Qmp } from "../qemu/qmp";
 import { vmPaths } from "../qemu/argv";
@@ -317,7 +317,7 @@ export async function collect(ctx: Ctx, minAgeMs = LEGACY_ABANDONED_MS): Promise
   for (const kind of KINDS) {
     for (const name of store.names(kind)) {
       const first = store.probe(kind, name);
-      if (first.health === "ok" && !(kind === "vms" && needsGc(first.manifest as VmManifest))) continue;
+      if (first.health === "ok" && !(kind === "vms" && needsGc(ctx, first.manifest as VmManifest))) continue;
       if (first.health === "reserved" && !abandonedReservation(first, minAgeMs)) continue;
       if (first.health === "damaged" || first.health === "unknown-version") {
         report.left.push({ object: `${kind}/${name}`, why: first.message });
@@ -357,10 +357,10 @@ export async function gc(ctx: Ctx, minAgeMs = LEGACY_ABANDONED_MS): Promise<stri
   return [...r.removed, ...r.recovered];
 }
 
-/** Whether a valid VM manifest may hold something for gc (a create, start or capture whose process died; a parent maybe left paused). */
-function needsGc(vm: VmManifest): boolean {
+/** Whether a valid VM manifest may hold something for gc (a create, start or capture whose process died; a parent maybe left paused or consumed by nothing). */
+function needsGc(ctx: Ctx, vm: VmManifest): boolean {
   if (vm.state === "creating") return !vm.op || !isLive(vm.op.by);
-  if (interrupted(vm)) return true;
+  if (interrupted(vm) || unmadeTemplateOf(ctx, vm)) return true;
   return vm.state === "running" && (vm.role === "parent" || Boolean(vm.templates?.length)) && isAlive(vm.pid, vm.token);
 }
 
