@@ -58,6 +58,38 @@ export const RESERVED_METADATA_PREFIX = "FORKVM_";
 export const METADATA_PLACEHOLDERS = ["name", "index", "hostname", "pool", "template", "generation"] as const;
 
 // ---------------------------------------------------------------------------------------------
+// Limits of one VM (cgroups and QEMU's disk throttling) and the host's own settings
+
+/** What one VM's QEMU may take from the host; absent fields are not capped (see each default). */
+export const Limits = z
+  .object({
+    cpuPercent: z.number().int("must be an integer").min(1, "must be at least 1").max(6400, "must be at most 6400").optional().describe("Host CPU the VM's QEMU may use, in percent of one core (100 = one core), enforced by a cgroup (cpu.max, or cpu.cfs_quota_us on cgroup v1). Default: no cap; a guest then uses at most about its vcpus' worth of cores."),
+    memoryMiB: z.number().int("must be an integer").min(32, "must be at least 32").max(1024 * 1024, "must be at most 1048576").optional().describe("Memory the VM's QEMU may be charged, in MiB, enforced by a cgroup (memory.max): its own pages (QEMU itself, the guest pages a child wrote), and the delta disk it wrote on tmpfs; not the template pages it shares. Past it the kernel kills that QEMU alone (the VM shows as crashed). A parent is charged all of its guest memory: give it more than memoryMiB. Default: no cap (a child is bounded by its guest memory plus QEMU's overhead)."),
+    iops: z.number().int("must be an integer").min(1, "must be at least 1").max(10_000_000, "must be at most 10000000").optional().describe("Disk operations per second (reads and writes together) of the VM's disk (QEMU's throttling.iops-total). Default: unthrottled."),
+    bps: z.number().int("must be an integer").min(4096, "must be at least 4096").max(1024 ** 4, "must be at most 1099511627776").optional().describe("Disk bytes per second (reads and writes together) of the VM's disk (QEMU's throttling.bps-total). Default: unthrottled."),
+  })
+  .strict();
+export type Limits = z.output<typeof Limits>;
+
+/**
+ * Settings of the host that bound forks: `<home>/host.json` (a JSON object of these fields), each
+ * overridden by its environment variable (HOST_SETTINGS_ENV). Read by ops/admission.ts.
+ */
+export const HostSettings = z
+  .object({
+    maxVms: z.number().int("must be an integer").min(1, "must be at least 1").max(1_000_000, "must be at most 1000000").default(1000).describe("The most forkvm VMs (QEMU processes of any forkvm home: children, parents, template builders) this host runs at once; a fork that would pass it is refused before anything starts. Env FORKVM_MAX_VMS."),
+    maxConsecutiveFailures: z.number().int("must be an integer").min(1, "must be at least 1").max(1_000_000, "must be at most 1000000").default(3).describe("A fork of many children stops after this many failures in a row; the children not yet attempted are reported as such and nothing of them is left. Env FORKVM_MAX_CONSECUTIVE_FAILURES."),
+    memoryReserveMiB: z.number().int("must be an integer").min(0, "must be at least 0").max(1024 * 1024, "must be at most 1048576").default(256).describe("Memory (MiB of MemAvailable) a fork must leave to the host. Env FORKVM_MEMORY_RESERVE_MIB."),
+  })
+  .strict();
+export type HostSettings = z.output<typeof HostSettings>;
+export const HOST_SETTINGS_ENV: Record<keyof HostSettings, string> = {
+  maxVms: "FORKVM_MAX_VMS",
+  maxConsecutiveFailures: "FORKVM_MAX_CONSECUTIVE_FAILURES",
+  memoryReserveMiB: "FORKVM_MEMORY_RESERVE_MIB",
+};
+
+// ---------------------------------------------------------------------------------------------
 // Parent
 
 export const ParentArgs = z
@@ -77,6 +109,7 @@ export const ParentArgs = z
     macPrefix: MacPrefix.optional().describe("MAC prefix of the parent's NIC, 1 to 5 octets."),
     accel: Accel.default("auto").describe("`auto` probes KVM and falls back to TCG when KVM cannot run guest kernels at speed."),
     bootTimeoutS: z.number().int("must be an integer").min(1, "must be at least 1").max(3600, "must be at most 3600").default(300).describe("How long the boot plus the init commands may take, in seconds."),
+    limits: Limits.optional().describe("Caps on the parent's CPU, memory and disk I/O (kept across restarts). Default: none."),
   })
   .strict();
 export type ParentArgs = z.input<typeof ParentArgs>;
@@ -129,6 +162,7 @@ export const ForkArgs = z
     concurrency: Concurrency,
     metadata: Metadata.optional().describe("Handed to each child as /etc/forkvm/metadata.json and /etc/forkvm/metadata (KEY='value' lines), after every fork, reset and start."),
     readyTimeoutS: ReadyTimeoutS,
+    limits: Limits.optional().describe("Caps on each child's CPU, memory and disk I/O (kept across stop, start and reset). Default: none."),
   })
   .strict();
 export type ForkArgs = z.input<typeof ForkArgs>;
@@ -159,6 +193,7 @@ export const PoolFields = z
     updatePolicy: UpdatePolicy.default({ maxUnavailable: 1 }).describe("How a change of template (or of persistent, macPrefix, forwards) rolls over the children."),
     concurrency: Concurrency,
     readyTimeoutS: ReadyTimeoutS,
+    limits: Limits.optional().describe("Caps on each child's CPU, memory and disk I/O, applied when a child is forked. Default: none."),
   })
   .strict();
 
