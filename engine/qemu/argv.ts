@@ -46,7 +46,23 @@ export interface InstanceSpec {
   paused?: boolean;
   /** TCG only: the translation buffer in MiB (QEMU's default is 1 GiB, grown as code is translated). */
   tbSizeMiB?: number;
+  /** Caps on what this QEMU takes from the host: CPU and memory (a cgroup, qemu/process.ts), disk I/O (here). */
+  limits?: ResourceLimits;
 }
+
+/** The shape of engine/spec.ts `Limits` (kept free of zod here). */
+export interface ResourceLimits {
+  cpuPercent?: number;
+  memoryMiB?: number;
+  iops?: number;
+  bps?: number;
+}
+
+/**
+ * The file descriptor QEMU writes the serial console's log to: the spawner (qemu/process.ts)
+ * gives QEMU a pipe there whose reader keeps the log's size bounded, however much a guest prints.
+ */
+export const CONSOLE_LOG_FD = 3;
 
 export const AGENT_PORT_NAME = "org.forkvm.agent";
 
@@ -107,12 +123,22 @@ export function controlArgs(inst: InstanceSpec): string[] {
   return [
     "-chardev", `socket,id=qmp,path=${escapeOpt(p.qmp)},server=on,wait=off`,
     "-mon", "chardev=qmp,mode=control",
-    "-chardev", `socket,id=con,path=${escapeOpt(p.console)},server=on,wait=off,logfile=${escapeOpt(p.consoleLog)},logappend=on`,
+    // The console's log goes to CONSOLE_LOG_FD, never straight to a file: a guest that prints
+    // without pause would fill the disk (the spawner caps it; a plain file would grow forever).
+    "-chardev", `socket,id=con,path=${escapeOpt(p.console)},server=on,wait=off,logfile=/dev/fd/${CONSOLE_LOG_FD},logappend=on`,
     "-serial", "chardev:con",
     "-pidfile", p.pidfile,
     // A guest reboot or panic ends the process: a forked child must never silently cold-boot.
     "-no-reboot",
   ];
+}
+
+/** -drive throttling options for a VM's limits (one throttle group per drive), or "". */
+export function throttleOpts(limits: ResourceLimits | undefined): string {
+  let out = "";
+  if (limits?.iops) out += `,throttling.iops-total=${limits.iops}`;
+  if (limits?.bps) out += `,throttling.bps-total=${limits.bps}`;
+  return out;
 }
 
 export function deviceArgs(shape: MachineShape, inst: InstanceSpec): string[] {
@@ -125,7 +151,10 @@ export function deviceArgs(shape: MachineShape, inst: InstanceSpec): string[] {
   if (shape.disk) {
     if (!inst.diskPath) throw new Error("the machine has a disk but no disk path was given");
     args.push(
-      "-drive", `file=${escapeOpt(inst.diskPath)},if=none,id=disk0,format=qcow2,cache=writeback,discard=unmap`,
+      // A qcow2 delta disk never grows past its virtual size (the template's disk) plus its
+      // metadata (L2 and refcount tables, ~0.02 %): a guest that fills it gets ENOSPC from its own
+      // filesystem. iops/bps limits throttle it here (QEMU's throttling.*).
+      "-drive", `file=${escapeOpt(inst.diskPath)},if=none,id=disk0,format=qcow2,cache=writeback,discard=unmap${throttleOpts(inst.limits)}`,
       "-device", "virtio-blk-pci,drive=disk0,id=blk0",
     );
   }
