@@ -328,6 +328,7 @@ async function reconcile(ctx: Ctx, m: PoolManifest, t: TemplateManifest | undefi
     if (mine.length) await remove(ctx, mine, { force: true });
     const r: ForkResult = await forkChildren(ctx, {
       template: t!.name, persistent: spec.persistent, macPrefix: spec.macPrefix, concurrency: spec.concurrency, readyTimeoutS: spec.readyTimeoutS,
+      ...(spec.limits ? { limits: spec.limits } : {}),
       children: indexes.map((i) => ({
         name: childName(prefix, i),
         // A re-forked child keeps its MAC while it still fits the declared prefix.
