@@ -133,7 +133,7 @@ export class Store {
       if ((err as NodeJS.ErrnoException).code === "EEXIST") return false;
       throw err;
     }
-    writeFileAtomic(path.join(dir, RESERVATION_FILE), JSON.stringify({ by: selfRef(), at: new Date().toISOString() }) + "\n", 0o600);
+    writeRecord(path.join(dir, RESERVATION_FILE), { by: selfRef(), at: new Date().toISOString() });
     return true;
   }
 
@@ -367,7 +367,7 @@ export class Store {
       return false;
     }
     const holder = readHolder(this.holderPath(kind, name));
-    return !holder || isLive(holder.by);
+    return !holder || holder.ino !== inodeOf(this.lockPath(kind, name)) || isLive(holder.by);
   }
 
   /**
@@ -392,9 +392,12 @@ export class Store {
       fs.rmSync(grabbed, { force: true });
       return false;
     }
-    try { fs.rmdirSync(this.lockPath(kind, name)); } catch { /* already gone */ }
+    // Only the lock that holder took: one re-made since (a stale takeover) is not the dead holder's.
+    const lock = this.lockPath(kind, name);
+    const mine = inodeOf(lock) === seen.ino;
+    if (mine) { try { fs.rmdirSync(lock); } catch { /* already gone */ } }
     fs.rmSync(grabbed, { force: true });
-    return true;
+    return mine;
   }
 
   /**
@@ -408,9 +411,15 @@ export class Store {
       let entries: string[] = [];
       try { entries = fs.readdirSync(path.join(this.home, k)); } catch { continue; }
       for (const f of entries) {
+        const file = path.join(this.home, k, f);
+        const tmp = /\.lock\.owner\.tmp-(\d+)-[0-9a-f]+$/.exec(f);
+        if (tmp) {
+          // A record half-written by a process that is gone.
+          if (!fs.existsSync(`/proc/${tmp[1]}`)) { fs.rmSync(file, { force: true }); out.push(file); }
+          continue;
+        }
         const m = /^([a-z0-9][a-z0-9-]*)\.lock(\.owner(\.reap-[0-9a-f]+)?)?$/.exec(f);
         if (!m || !NAME_RE.test(m[1])) continue;
-        const file = path.join(this.home, k, f);
         const lock = this.lockPath(k, m[1]);
         if (!m[2]) {
           // The lock itself: a dead holder's goes with its record; one without a record once stale.
@@ -461,7 +470,7 @@ export class Store {
     const id = randomBytes(6).toString("hex");
     const holderFile = this.holderPath(kind, name);
     try {
-      writeFileAtomic(holderFile, JSON.stringify({ by: selfRef(), id }) + "\n", 0o600);
+      writeRecord(holderFile, { by: selfRef(), id, ino: inodeOf(file) });
     } catch { /* without the record, a crash of this holder is seen when the lock goes stale */ }
     try {
       return await fn();
@@ -503,9 +512,33 @@ export type ObjectHealth = { kind: Kind; name: string } & (
 const RESERVATION_FILE = "reserved-by.json";
 const TRASH_PREFIX = ".trash-";
 
-function readHolder(file: string): { by: ProcessRef; id: string } | undefined {
+/**
+ * Writes a small record whole (temp file, rename) but not durably: records name live processes,
+ * which a host crash ends anyway (a new boot id), so they need no fsync (a lock is taken per operation).
+ */
+function writeRecord(file: string, json: unknown): void {
+  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
+  fs.writeFileSync(tmp, JSON.stringify(json) + "\n", { mode: 0o600, flag: "wx" });
   try {
-    const r = z.object({ by: ProcessRecord, id: z.string() }).safeParse(JSON.parse(fs.readFileSync(file, "utf8")));
+    fs.renameSync(tmp, file);
+  } catch (err) {
+    fs.rmSync(tmp, { force: true });
+    throw err;
+  }
+}
+
+function inodeOf(file: string): number | undefined {
+  try {
+    return fs.statSync(file).ino;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A lock's holder record: who, a per-acquisition id, and the inode of the lock directory it took. */
+function readHolder(file: string): { by: ProcessRef; id: string; ino?: number } | undefined {
+  try {
+    const r = z.object({ by: ProcessRecord, id: z.string(), ino: z.number().optional() }).safeParse(JSON.parse(fs.readFileSync(file, "utf8")));
     return r.success ? r.data : undefined;
   } catch {
     return undefined;
