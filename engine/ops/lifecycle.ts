@@ -9,7 +9,7 @@ import type { TemplateManifest, VmManifest } from "../state/manifest";
 import { KINDS, memFileOwner, type Kind, type ObjectHealth } from "../state/store";
 import { statusOf, transition, type VmStatus } from "../state/transitions";
 import { isAlive, killQemu } from "../qemu/process";
-import { isLive, listQemus, livePid, qemusUnder, type QemuProcess } from "../qemu/find";
+import { findQemu, isLive, listQemus, livePid, qemusUnder, type QemuProcess } from "../qemu/find";
 import { interrupted, recoverVm, unmadeTemplateOf } from "../instance/recovery";
 import { fault } from "../util/fault";
 import { Qmp } from "../qemu/qmp";
@@ -30,7 +30,16 @@ export interface VmInfo extends VmManifest {
 }
 
 export function info(vm: VmManifest): VmInfo {
-  return { ...vm, status: statusOf(vm) };
+  // A QEMU recorded before its spawn has a token and no pid yet: show the pid it has.
+  const pid = vm.pid ?? (vm.state === "creating" || vm.state === "starting" ? findQemu(vm.token, recentQemus()) : undefined);
+  return { ...vm, pid, status: statusOf(vm) };
+}
+
+/** One /proc scan shared by the `info` calls of one listing (a fleet being forked has many VMs without a pid yet). */
+let scan: { at: number; all: QemuProcess[] } | undefined;
+function recentQemus(): QemuProcess[] {
+  if (!scan || Date.now() - scan.at > 200) scan = { at: Date.now(), all: listQemus() };
+  return scan.all;
 }
 
 /** Children that depend on a template (linked clones), whatever their state. Full clones do not. */
@@ -421,22 +430,24 @@ async function collectMemFiles(ctx: Ctx, minAgeMs: number, report: GcReport): Pr
   }
 }
 
-/** Temp files of atomic writes (`*.tmp-<pid>-<hex>`) in object directories whose writer no longer runs. */
+/**
+ * Temp files of atomic writes (`<file>.tmp-<pid>-<hex>`) whose writer no longer runs: in object
+ * directories, and in the memory directory for files whose names forkvm owns.
+ */
 function deadTempFiles(ctx: Ctx): string[] {
   const out: string[] = [];
-  for (const kind of KINDS) {
-    for (const name of ctx.store.names(kind)) {
-      const dir = ctx.store.dir(kind, name);
-      let entries: string[] = [];
-      try { entries = fs.readdirSync(dir); } catch { continue; }
-      for (const f of entries) {
-        const m = /\.tmp-(\d+)-[0-9a-f]+$/.exec(f);
-        if (!m || fs.existsSync(`/proc/${m[1]}`)) continue;
-        fs.rmSync(path.join(dir, f), { force: true });
-        out.push(path.join(dir, f));
-      }
+  const sweep = (dir: string, mine: (base: string) => boolean) => {
+    let entries: string[] = [];
+    try { entries = fs.readdirSync(dir); } catch { return; }
+    for (const f of entries) {
+      const m = /^(.+)\.tmp-(\d+)-[0-9a-f]+$/.exec(f);
+      if (!m || !mine(m[1]) || fs.existsSync(`/proc/${m[2]}`)) continue;
+      fs.rmSync(path.join(dir, f), { force: true });
+      out.push(path.join(dir, f));
     }
-  }
+  };
+  for (const kind of KINDS) for (const name of ctx.store.names(kind)) sweep(ctx.store.dir(kind, name), () => true);
+  sweep(ctx.store.memDir, (base) => memFileOwner(base) !== undefined);
   return out;
 }
 
