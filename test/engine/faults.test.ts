@@ -23,7 +23,7 @@ import { deadline } from "../helpers/deadline";
 // The driver: one engine operation in a process of its own, with kill hooks.
 
 interface DriverJob {
-  op: "parent" | "template" | "fork" | "start";
+  op: "parent" | "template" | "fork" | "start" | "lock";
   args: Record<string, unknown>;
   /** SIGKILL this process when a QMP command returns (optionally only with this `status` in its reply). */
   afterQmp?: { cmd: string; status?: string };
@@ -52,6 +52,7 @@ async function runDriver(job: DriverJob): Promise<void> {
     };
   }
   const e = new Engine();
+  if (job.op === "lock") await e.store.withLock("vms", job.args.name as string, async () => die());
   if (job.op === "parent") await e.createParent(job.args as never);
   else if (job.op === "template") await e.createTemplate(job.args as never);
   else if (job.op === "fork") {
@@ -191,6 +192,35 @@ function tests(): void {
     } finally {
       fs.rmSync(base, { recursive: true, force: true });
     }
+  });
+
+  test("a lock whose holder was SIGKILLed is taken at once, not after the stale limit; the holder's record goes with it", deadline(30_000, async () => {
+    const e = await drive({ op: "lock", args: { name: "locked" } });
+    assert.is(e.signal, "SIGKILL", `exit ${e.code}: ${e.stderr}`);
+    assert.ok(fs.existsSync(store.lockPath("vms", "locked")), "the dead holder's lock is there");
+    assert.not.ok(store.isLocked("vms", "locked"), "but nobody holds it");
+    const t0 = Date.now();
+    await store.withLock("vms", "locked", async () => assert.ok(store.isLocked("vms", "locked")), 1000);
+    assert.ok(Date.now() - t0 < 1000, `took ${Date.now() - t0} ms`);
+    assert.equal(fs.readdirSync(path.join(store.home, "vms")).filter((f) => f.startsWith("locked")), []);
+  }));
+
+  test("a create or start names its process; once that process is gone the VM shows abandoned or interrupted", () => {
+    const base = JSON.parse(fs.readFileSync(store.manifestPath("vms", "p"), "utf8")) as VmManifest;
+    const dead = { pid: 1, start: -1, boot: "gone" };
+    store.reserve("vms", "st-1");
+    store.writeVm({ ...base, name: "st-1", state: "creating", pid: undefined });
+    const mine = store.getVm("st-1");
+    assert.is(mine.op?.what, "create");
+    assert.is(mine.op?.by.pid, process.pid);
+    assert.is(status("st-1"), "creating");
+    store.writeVm({ ...mine, op: { ...mine.op!, by: dead } });
+    assert.is(status("st-1"), "abandoned");
+    store.writeVm({ ...mine, state: "starting", op: { what: "start", by: dead, since: "x" } });
+    assert.is(status("st-1"), "interrupted");
+    store.writeVm({ ...mine, state: "stopped" });
+    assert.is(store.getVm("st-1").op, undefined, "a settled state drops the op");
+    store.remove("vms", "st-1");
   });
 
   test("gc touches only files whose names forkvm owns; a damaged or newer manifest is left alone and reported", deadline(60_000, async () => {
@@ -349,12 +379,14 @@ function tests(): void {
 
   test("rm --force of a template racing a fork: the template and every child go, no QEMU or file is left", deadline(90_000, async () => {
     await engine.createTemplate({ name: "t2", parent: "p", source: "running", quiesceTimeoutMs: 0 });
-    const forking = engine.fork({ template: "t2", count: 6, prefix: "race", concurrency: 3 });
-    await new Promise((r) => setTimeout(r, 400));
+    const forking = engine.fork({ template: "t2", count: 8, prefix: "race", concurrency: 2 });
+    // rm once two children run and others are on their way.
+    for (const until = Date.now() + 30_000; Date.now() < until && engine.listVms().filter((v) => v.name.startsWith("race-") && v.status === "running").length < 2;) await new Promise((r) => setTimeout(r, 20));
     const removed = await engine.remove(["t2"], { force: true });
     const forked = await forking;
     assert.ok(removed[0].kind === "template");
-    console.log(`  rm raced the fork: ${forked.children.length} forked before rm, ${forked.failed.length} failed after it`);
+    assert.ok(removed[0].removed.length > 1, "rm took children with it");
+    console.log(`  rm raced the fork: it removed ${removed[0].removed.length - 1} children; the fork reported ${forked.children.length} forked, ${forked.failed.length} failed`);
     assert.not.ok(store.exists("templates", "t2"));
     assert.equal(engine.listVms().filter((v) => v.template?.name === "t2").map((v) => v.name), []);
     assert.equal(qemusOfHome().filter((q) => /\/race-\d+$/.test(q.dir!)), []);
