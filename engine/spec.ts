@@ -38,6 +38,13 @@ export const ForwardSpec = z
   })
   .strict();
 
+/**
+ * What a VM's network reaches besides the forwards declared into it (engine/net). Neither backend
+ * ever reaches the host's loopback (127.0.0.1: other VMs' forwards, local services) from the guest.
+ */
+export const Egress = z.enum(["nat", "none"]).describe("`nat`: the guest reaches the outside through the host (passt: TCP, UDP, ICMP, DNS through the host's resolver), never the host's loopback services. `none`: nothing leaves the VM; only its declared forwards reach in.");
+export type Egress = z.output<typeof Egress>;
+
 /** A port forward of every child of a pool. */
 export const PoolForward = z
   .object({
@@ -106,6 +113,7 @@ export const ParentArgs = z
     init: z.array(z.string().min(1, "must not be empty")).default([]).describe("Shell commands run in the guest, in order, before the parent counts as ready (start and warm your applications here). They run again whenever the parent is started again."),
     forwards: z.array(ForwardSpec).default([]).describe("Port forwards from 127.0.0.1 to the parent."),
     nic: z.boolean().default(true).describe("Give the VM a virtio NIC (user-mode networking)."),
+    egress: Egress.default("nat").describe("Where the parent's network goes: `nat` (the outside, never the host's loopback) or `none` (only its forwards reach in). Its children inherit it unless their fork or pool says otherwise."),
     macPrefix: MacPrefix.optional().describe("MAC prefix of the parent's NIC, 1 to 5 octets."),
     accel: Accel.default("auto").describe("`auto` probes KVM and falls back to TCG when KVM cannot run guest kernels at speed."),
     bootTimeoutS: z.number().int("must be an integer").min(1, "must be at least 1").max(3600, "must be at most 3600").default(300).describe("How long the boot plus the init commands may take, in seconds."),
@@ -159,6 +167,7 @@ export const ForkArgs = z
     clone: z.enum(["linked", "full"]).default("linked").describe("`linked`: memory copy-on-write and a delta disk on the template (instant clone); `full`: private copies of memory and disk, independent of the template."),
     macPrefix: MacPrefix.optional().describe("MAC prefix of the children's NICs, 1 to 5 octets."),
     forwards: z.array(ForwardSpec).default([]).describe("Port forwards from 127.0.0.1 to every child (a host port per child)."),
+    egress: Egress.optional().describe("Where the children's network goes: `nat` or `none`. Default: the egress of the template's parent."),
     concurrency: Concurrency,
     metadata: Metadata.optional().describe("Handed to each child as /etc/forkvm/metadata.json and /etc/forkvm/metadata (KEY='value' lines), after every fork, reset and start."),
     readyTimeoutS: ReadyTimeoutS,
@@ -190,6 +199,7 @@ export const PoolFields = z
     macPrefix: MacPrefix.optional().describe("MAC prefix of the children's NICs, 1 to 5 octets (e.g. to match a DHCP or firewall rule)."),
     metadata: Metadata.default({}).describe("Key/value pairs handed to each child's guest in /etc/forkvm/metadata (`KEY='value'` lines) and /etc/forkvm/metadata.json. Values may use {name}, {index}, {hostname}, {pool}, {template} and {generation}. Keys starting with FORKVM_ are the pool's own."),
     forwards: z.array(PoolForward).default([]).describe("Port forwards from 127.0.0.1 to every child."),
+    egress: Egress.optional().describe("Where the children's network goes: `nat` or `none`. Default: the egress of the template's parent."),
     updatePolicy: UpdatePolicy.default({ maxUnavailable: 1 }).describe("How a change of template (or of persistent, macPrefix, forwards) rolls over the children."),
     concurrency: Concurrency,
     readyTimeoutS: ReadyTimeoutS,

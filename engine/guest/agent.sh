@@ -154,9 +154,11 @@ do_identity() {
     read -r old </sys/class/net/eth0/address 2>/dev/null
     if [ "$old" != "$mac" ]; then
       # Change the MAC live (virtio-net allows it): the address and routes stay, and the kernel
-      # announces the new MAC with a gratuitous ARP, so QEMU's user network sends the guest's
-      # IP (the target of host port forwards) to the new MAC. No DHCP renewal: with a new MAC
-      # it would hand out a different address than the one the forwards point at.
+      # announces the new MAC with a gratuitous ARP (arp_notify), so the network backend (passt
+      # learns the guest's MAC only from its frames) sends the guest's IP (the target of host
+      # port forwards) to the new MAC. No DHCP renewal: with a new MAC it would hand out a
+      # different address than the one the forwards point at.
+      echo 1 >/proc/sys/net/ipv4/conf/eth0/arp_notify 2>/dev/null
       if ! ip link set dev eth0 address "$mac" 2>/dev/null; then
         # A driver without live changes: down, change, up, then put address and route back.
         addr=

@@ -38,7 +38,7 @@ export async function bootVm(ctx: Ctx, vm: VmManifest, deadlineMs: number, undo:
   ctx.store.createMemFile(memoryPath, vm.shape.memoryMiB * 1048576);
   const { pid, qmp } = await startInstance(vm.shape, {
     token, dir, memory: { path: memoryPath, share: true }, diskPath: vm.diskPath,
-    mac: vm.mac, forwards: vm.forwards, kernelArgs: [`forkvm.hostname=${vm.hostname}`, ...kernelArgs],
+    mac: vm.mac, forwards: vm.forwards, egress: vm.egress ?? "nat", kernelArgs: [`forkvm.hostname=${vm.hostname}`, ...kernelArgs], limits: vm.limits,
   });
   qmp.close();
   spawned = pid;

@@ -82,8 +82,8 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
   let spawned: number | undefined;
   undo.push("kill QEMU", () => killQemu(spawned ?? livePid(undefined, token), token, 500));
   const { pid, qmp } = await startInstance(t.shape, {
-    token, dir, memory: { path: vm.memoryPath, share: full }, diskPath: vm.diskPath, mac: vm.mac, forwards: vm.forwards, incoming: true,
-    tbSizeMiB: CHILD_TB_SIZE_MIB,
+    token, dir, memory: { path: vm.memoryPath, share: full }, diskPath: vm.diskPath, mac: vm.mac, forwards: vm.forwards, egress: vm.egress ?? "nat", incoming: true,
+    tbSizeMiB: CHILD_TB_SIZE_MIB, limits: vm.limits,
   });
   spawned = pid;
   vm.pid = pid;

@@ -85,7 +85,7 @@ export async function forkChildren(ctx: Ctx, input: ForkArgs, owner?: ForkOwner)
           shape: t.shape, token: newToken(), memoryPath: t.memoryPath,
           diskPath: t.diskPath ? childDiskPath(ctx, c.name, args.persistent) : undefined,
           mac: c.mac ?? randomMac(args.macPrefix), hostname: c.hostname ?? hostnameFor(c.name),
-          forwards: await resolveForwards(c.forwards ?? args.forwards),
+          forwards: await resolveForwards(c.forwards ?? args.forwards), egress: args.egress ?? t.egress ?? "nat",
           template: { name: t.name, generation: t.generation }, persistent: args.persistent, clone: args.clone, startedBy: "fork",
           metadata: c.metadata ?? args.metadata, timings: {},
           ...(owner ? { pool: { name: owner.pool, index: owner.indexOf(c.name) } } : {}),

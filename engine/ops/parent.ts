@@ -13,7 +13,7 @@ import type { MachineShape, PortForward } from "../qemu/argv";
 import { createDisk } from "../qemu/process";
 import { ForwardSpec, ParentArgs, parseArgs } from "../spec";
 import { Undo } from "../undo";
-import { freePort } from "../util/ports";
+import { pickPort } from "../net/ports";
 import { hostnameFor, newToken, randomMac } from "../instance/identity";
 import { bootVm } from "../instance/boot";
 
@@ -22,10 +22,13 @@ export { ParentArgs };
 /** The kernel command line for a kernel the user brings without one: the console on the serial port. */
 export const USER_KERNEL_CMDLINE = "console=ttyS0 panic=-1";
 
-/** Resolves host ports: asked ones as given, 0/absent to a free one. */
+/**
+ * Resolves host ports: asked ones as given, 0/absent to a free one marked `auto` (leased by this
+ * process, and moved by launch when another program took it meanwhile: engine/net/ports.ts).
+ */
 export async function resolveForwards(specs: z.output<typeof ForwardSpec>[]): Promise<PortForward[]> {
   const out: PortForward[] = [];
-  for (const f of specs) out.push({ guest: f.guest, proto: f.proto, host: f.host || (await freePort()) });
+  for (const f of specs) out.push(f.host ? { guest: f.guest, proto: f.proto, host: f.host } : { guest: f.guest, proto: f.proto, host: await pickPort(), auto: true });
   return out;
 }
 
@@ -89,7 +92,8 @@ export async function createParent(ctx: Ctx, input: ParentArgs): Promise<VmManif
     const vm: VmManifest = {
       version: 1, kind: "vm", name: args.name, role: "parent", createdAt: new Date().toISOString(), state: "creating",
       shape, token, memoryPath, diskPath, mac: randomMac(args.macPrefix), hostname: hostnameFor(args.name),
-      forwards: await resolveForwards(args.forwards), init: args.init, startedBy: "boot", timings: {},
+      forwards: await resolveForwards(args.forwards), egress: args.egress, init: args.init, startedBy: "boot", timings: {},
+      ...(args.limits ? { limits: args.limits } : {}),
     };
     store.writeVm(vm);
     await bootVm(ctx, vm, args.bootTimeoutS * 1000, undo, kernelArgs);

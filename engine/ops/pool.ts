@@ -329,6 +329,7 @@ async function reconcile(ctx: Ctx, m: PoolManifest, t: TemplateManifest | undefi
     const r: ForkResult = await forkChildren(ctx, {
       template: t!.name, persistent: spec.persistent, macPrefix: spec.macPrefix, concurrency: spec.concurrency, readyTimeoutS: spec.readyTimeoutS,
       ...(spec.limits ? { limits: spec.limits } : {}),
+      ...(spec.egress ? { egress: spec.egress } : {}),
       children: indexes.map((i) => ({
         name: childName(prefix, i),
         // A re-forked child keeps its MAC while it still fits the declared prefix.

@@ -228,7 +228,7 @@ function templateOf(parent: VmManifest, name: string, source: "frozen" | "runnin
   return {
     version: 1, kind: "template", name, generation: prep.generation, createdAt: new Date().toISOString(), source,
     parent: parent.name, shape: prep.shape, memoryPath: prep.memoryPath, statePath: prep.statePath, stateBytes: state.length,
-    stateSha256: sha256(state), diskPath: prep.diskPath, parentMac: parent.mac, parentHostname: parent.hostname, timings,
+    stateSha256: sha256(state), diskPath: prep.diskPath, parentMac: parent.mac, parentHostname: parent.hostname, egress: parent.egress ?? "nat", timings,
     memoryImage: { path: prep.imagePath, ...image }, qemu: prep.qemu,
   };
 }

@@ -1,5 +1,6 @@
 // Pure builders of the QEMU command line. A parent, a template builder and every child
 // must get the same machine and the same devices in the same order: one function builds all.
+import { netdevArgs, type Egress } from "../net/netdev";
 
 export type Accel = "kvm" | "tcg";
 
@@ -9,6 +10,8 @@ export interface PortForward {
   /** Port inside the guest. */
   guest: number;
   proto: "tcp" | "udp";
+  /** Picked by forkvm (not given by the user): launch may pick another when it is taken. */
+  auto?: boolean;
 }
 
 /** What is fixed when a parent boots and must stay identical in every fork of it. */
@@ -37,7 +40,10 @@ export interface InstanceSpec {
   memory: { path: string; share: boolean };
   diskPath?: string;
   mac?: string;
+  /** Updated in place by launch when it had to pick other host ports for `auto` ones. */
   forwards?: PortForward[];
+  /** The NIC's backend (engine/net/netdev.ts): `nat` (passt) or `none` (restricted user networking, the default). */
+  egress?: Egress;
   /** Extra kernel parameters appended to the shape's cmdline (ignored on incoming forks). */
   kernelArgs?: string[];
   /** Start waiting for a checkpoint (`-incoming defer`). */
@@ -159,8 +165,8 @@ export function deviceArgs(shape: MachineShape, inst: InstanceSpec): string[] {
     );
   }
   if (shape.nic) {
-    const fwd = (inst.forwards ?? []).map((f) => `,hostfwd=${f.proto}:127.0.0.1:${f.host}-:${f.guest}`).join("");
-    args.push("-netdev", `user,id=net0${fwd}`, "-device", `virtio-net-pci,netdev=net0,id=nic0${inst.mac ? `,mac=${inst.mac}` : ""}`);
+    // Isolated by default: no backend maps the host's loopback into the guest (engine/net/netdev.ts).
+    args.push(...netdevArgs(inst.dir, inst.egress ?? "none", inst.forwards ?? []), "-device", `virtio-net-pci,netdev=net0,id=nic0${inst.mac ? `,mac=${inst.mac}` : ""}`);
   }
   // A new VM generation id in every QEMU process: Linux >= 5.18 reseeds its RNG when it changes.
   args.push("-device", "vmgenid,guid=auto");

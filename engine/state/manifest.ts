@@ -2,12 +2,14 @@
 // Every manifest carries `version`; an object exists when its manifest validates.
 // New fields are optional, so older manifests stay valid; a change that is not must bump `version`.
 import { z } from "zod";
-import { Name, PoolFields } from "../spec";
+import { Egress, Limits, Name, PoolFields } from "../spec";
 
 export const PortForward = z.object({
   host: z.number().int().min(1).max(65535),
   guest: z.number().int().min(1).max(65535),
   proto: z.enum(["tcp", "udp"]),
+  /** Picked by forkvm, not the user's: a launch moves it to another port when it is taken. */
+  auto: z.boolean().optional(),
 }).strict();
 
 export const MachineShape = z.object({
@@ -66,6 +68,8 @@ export const VmManifest = z.object({
   mac: z.string(),
   hostname: z.string(),
   forwards: z.array(PortForward),
+  /** Where its network goes besides its forwards (spec.ts Egress); absent: `nat` (older manifests). */
+  egress: Egress.optional(),
   /** Parents: guest commands run before the parent counted as ready. */
   init: z.array(z.string()).optional(),
   /** Parents: the template that consumed it (frozen source) or the last one taken of it. */
@@ -103,6 +107,8 @@ export const TemplateManifest = z.object({
   /** The parent's MAC and hostname: children get their own. */
   parentMac: z.string(),
   parentHostname: z.string(),
+  /** The parent's egress when captured: what its children get unless forked with another. */
+  egress: Egress.optional(),
   timings: z.record(z.string(), z.number()),
   /**
    * The memory image kept on disk (sparse: zero pages are holes), put back in tmpfs on first use
