@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Prepares a Debian/Ubuntu host for forkvm: QEMU, qemu-img, busybox-static and xz-utils from apt
-# (apt-get update only when the package lists lack them), npm dependencies, the default guest image.
+# Prepares a Debian/Ubuntu host for forkvm: QEMU, qemu-img, busybox-static, xz-utils and passt (the
+# network of VMs with egress nat) from apt (apt-get update only when the package lists lack them),
+# npm dependencies, the default guest image.
 # Idempotent and quiet: prints one line per step it had to do; safe to run again.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-PACKAGES=(qemu-system-x86 qemu-utils busybox-static xz-utils)
+PACKAGES=(qemu-system-x86 qemu-utils busybox-static xz-utils passt)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
