@@ -23,7 +23,7 @@ import { Undo } from "../undo";
 import { sha256 } from "../util/hash";
 import { run } from "../util/run";
 import { ensureOverlayPrototype, installedQemu, memoryImagePath, saveMemoryImage, type QemuIdentity } from "../instance/template-files";
-import { receiveToFile, sendCheckpoint } from "../instance/checkpoint-io";
+import { receiveToFile, sendCheckpoint, type Receiver } from "../instance/checkpoint-io";
 import { beginCapture } from "../instance/recovery";
 import { newToken } from "../instance/identity";
 import { qemuFailure, quitInstance, requireAlive, startInstance } from "../instance/launch";
@@ -60,6 +60,19 @@ async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 }
 
 /**
+ * Waits for an outgoing migration into `rx`; when it fails, the receiving side's reason (a full
+ * disk, say) is thrown if it has one, as it says more than QEMU's "failed".
+ */
+async function migrateInto(qmp: Qmp, rx: Receiver, deadlineMs: number, what: string): Promise<Awaited<ReturnType<typeof waitMigration>>> {
+  try {
+    return await waitMigration(qmp, deadlineMs, what);
+  } catch (err) {
+    const why = await Promise.race([rx.done.then(() => undefined, (e: unknown) => e), new Promise((r) => setTimeout(r, 200, undefined))]);
+    throw why ?? err;
+  }
+}
+
+/**
  * Saves the device state of a paused VM whose RAM is in a shared file (x-ignore-shared) to
  * `statePath`, through a unix socket in `sockDir` the engine listens on (QEMU may not fork).
  */
@@ -68,7 +81,7 @@ async function saveCheckpoint(qmp: Qmp, sockDir: string, statePath: string, what
   try {
     await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: true }] });
     await qmp.execute("migrate", { uri: rx.uri });
-    await waitMigration(qmp, 60_000, what);
+    await migrateInto(qmp, rx, 60_000, what);
     await within(rx.done, 30_000, what);
   } finally {
     rx.close();
@@ -228,7 +241,7 @@ function templateOf(parent: VmManifest, name: string, source: "frozen" | "runnin
   return {
     version: 1, kind: "template", name, generation: prep.generation, createdAt: new Date().toISOString(), source,
     parent: parent.name, shape: prep.shape, memoryPath: prep.memoryPath, statePath: prep.statePath, stateBytes: state.length,
-    stateSha256: sha256(state), diskPath: prep.diskPath, parentMac: parent.mac, parentHostname: parent.hostname, egress: parent.egress ?? "nat", timings,
+    stateSha256: sha256(state), diskPath: prep.diskPath, parentMac: parent.mac, parentHostname: parent.hostname, timings,
     memoryImage: { path: prep.imagePath, ...image }, qemu: prep.qemu,
   };
 }
@@ -367,7 +380,7 @@ async function liveCapture(ctx: Ctx, parent: VmManifest, args: z.infer<typeof Te
     await qmp.execute("migrate-set-parameters", { "downtime-limit": args.downtimeLimitMs });
     await qmp.execute("migrate", { uri: rx.uri });
     try {
-      mig = await waitMigration(qmp, 300_000, `live-capture ${parent.name}`);
+      mig = await migrateInto(qmp, rx, 300_000, `live-capture ${parent.name}`);
     } catch (err) {
       await qmp.execute("migrate_cancel").catch(() => undefined);
       throw err;
@@ -406,6 +419,8 @@ async function liveCapture(ctx: Ctx, parent: VmManifest, args: z.infer<typeof Te
   const { pid, qmp: bq } = await startInstance(parent.shape, {
     token, dir: bdir, memory: { path: prep.memoryPath, share: true }, diskPath: prep.diskPath ? scratch : undefined,
     mac: parent.mac, forwards: [], incoming: true, paused: true,
+    // The same network backend as the parent and the children: the checkpoint holds its state (slirp's, or none).
+   
   });
   undo.push("kill the builder", () => killQemu(pid, token, 500));
   const load = path.join(bdir, "load.sock");
