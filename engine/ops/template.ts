@@ -241,7 +241,7 @@ function templateOf(parent: VmManifest, name: string, source: "frozen" | "runnin
   return {
     version: 1, kind: "template", name, generation: prep.generation, createdAt: new Date().toISOString(), source,
     parent: parent.name, shape: prep.shape, memoryPath: prep.memoryPath, statePath: prep.statePath, stateBytes: state.length,
-    stateSha256: sha256(state), diskPath: prep.diskPath, parentMac: parent.mac, parentHostname: parent.hostname, timings,
+    stateSha256: sha256(state), diskPath: prep.diskPath, parentMac: parent.mac, parentHostname: parent.hostname, egress: parent.egress ?? "nat", timings,
     memoryImage: { path: prep.imagePath, ...image }, qemu: prep.qemu,
   };
 }
@@ -420,7 +420,7 @@ async function liveCapture(ctx: Ctx, parent: VmManifest, args: z.infer<typeof Te
     token, dir: bdir, memory: { path: prep.memoryPath, share: true }, diskPath: prep.diskPath ? scratch : undefined,
     mac: parent.mac, forwards: [], incoming: true, paused: true,
     // The same network backend as the parent and the children: the checkpoint holds its state (slirp's, or none).
-   
+    egress: parent.egress ?? "nat",
   });
   undo.push("kill the builder", () => killQemu(pid, token, 500));
   const load = path.join(bdir, "load.sock");
