@@ -279,6 +279,13 @@ function tests(): void {
     assert.equal(removedObjects(r), ["templates/tr-paused"]);
     assert.ok(r.recovered.some((l) => /resumed p/.test(l)), r.recovered.join("; "));
     assert.is(await sh("p", "cat /tmp/warm; echo; cat /data/keep"), `${warm}\nkeep`);
+    // In the pause, after the parent's disk moved onto its new overlay, before it is resumed.
+    const o = await drive({ op: "template", args: { name: "tr-swapped", parent: "p", source: "running", quiesceTimeoutMs: 0 }, afterQmp: { cmd: "blockdev-snapshot-sync" } });
+    assert.is(o.signal, "SIGKILL", `exit ${o.code}: ${o.stderr}`);
+    r = await gcTwice("running capture, disk swapped");
+    assert.equal(removedObjects(r), ["templates/tr-swapped"]);
+    assert.ok(r.recovered.some((l) => /resumed p/.test(l)), r.recovered.join("; "));
+    assert.is(await sh("p", "echo swapped > /data/swapped && sync && cat /data/keep"), "keep", "the parent writes on its overlay");
     // The builder's migrate-incoming: the builder QEMU runs, recorded nowhere.
     const b = await drive({ op: "template", args: { name: "tr-builder", parent: "p", source: "running", quiesceTimeoutMs: 0 }, beforeQmp: "migrate-incoming" });
     assert.is(b.signal, "SIGKILL", `exit ${b.code}: ${b.stderr}`);
@@ -422,7 +429,7 @@ function tests(): void {
     assert.equal([...r.removed, ...r.recovered], []);
     assertWhole("parent killed");
     await engine.start("p");
-    assert.is(await sh("p", "cat /data/keep /data/after"), "keep\nafter");
+    assert.is(await sh("p", "cat /data/keep /data/after /data/swapped"), "keep\nafter\nswapped", "what it wrote after each interrupted capture is on its disk");
     warm = await sh("p", "cat /tmp/warm");
   }));
 
