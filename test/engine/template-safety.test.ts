@@ -10,6 +10,7 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
+import { spawn } from "node:child_process";
 import { Engine } from "../../engine/engine";
 import { buildDefaultImage, loadImage } from "../../engine/image";
 import { ForkvmError } from "../../engine/errors";
@@ -22,6 +23,7 @@ import { deadline } from "../helpers/deadline";
 const engine = new Engine();
 const { store } = engine;
 const test = suite("template safety");
+const root = path.join(__dirname, "..", "..");
 const scratch = fs.mkdtempSync(path.join(process.env.FORKVM_TEST_HOME ?? os.tmpdir(), "tsafe-"));
 const kernel = path.join(scratch, "K");
 const initrd = path.join(scratch, "I");
@@ -231,6 +233,29 @@ test("a frozen capture that fails while the parent is paused resumes it, whole",
   }
 }));
 
+/** Runs createTemplate in a separate process with FORKVM_TEST_FAULT=<point>:kill; resolves with how it ended. */
+const killedCapture = (source: "frozen" | "running", point: string) => new Promise<string | null>((resolve, reject) => {
+  const code = `new (require("./engine/engine").Engine)().createTemplate({ name: "tk", parent: "q", source: "${source}", quiesceTimeoutMs: 0 }).then(() => process.exit(0), (e) => { console.error(e.message); process.exit(1); })`;
+  const c = spawn(process.execPath, ["-r", "ts-node/register/transpile-only", "-e", code], { cwd: root, env: { ...process.env, FORKVM_TEST_FAULT: `${point}:kill` }, stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  c.stderr.on("data", (d) => (stderr += d));
+  c.on("error", reject);
+  c.on("close", (status, signal) => resolve(signal ?? `exit ${status}: ${stderr}`));
+});
+
+test("a capture killed while the parent is paused leaves it `paused`, and gc resumes it", deadline(120_000, async () => {
+  for (const [source, point] of [["frozen", "frozen-saved"], ["running", "running-snapshotted"]] as const) {
+    assert.is(await killedCapture(source, point), "SIGKILL", point);
+    assert.is(engine.vm("q").status, "paused", point);
+    await engine.gc();
+    assert.is(engine.vm("q").status, "running", point);
+    await runs("q");
+    assert.is(await sh("q", "cat /data/keep && cat /tmp/warm"), `precious\n${warm}`);
+    await sh("q", `echo killed-${point} >> /data/after-faults && sync`);
+    noTemplate("tk");
+  }
+}));
+
 test("a running capture that fails in its pause resumes the parent; its disk keeps every write", deadline(90_000, async () => {
   const disk = engine.vm("q").diskPath;
   for (const point of ["running-paused", "running-snapshotted", "running-built"]) {
@@ -299,7 +324,7 @@ test("after a simulated reboot, forks from the template work again and children 
   const q = await engine.start("q");
   assert.is(q.status, "running");
   assert.is(await sh("q", "cat /data/keep"), "precious");
-  assert.is(await sh("q", "cat /data/after-faults"), "running-paused\nrunning-snapshotted\nrunning-built", "the parent's disk kept every write across the failed captures");
+  assert.is(await sh("q", "cat /data/after-faults"), "killed-frozen-saved\nkilled-running-snapshotted\nrunning-paused\nrunning-snapshotted\nrunning-built", "the parent's disk kept every write across the failed captures");
   const pool = await engine.applyPool({ name: "pl", template: "t", size: 1 });
   assert.equal(pool.errors, []);
   assert.is(engine.vm("pl-1").status, "running", "the next pool apply brings the pool back");
