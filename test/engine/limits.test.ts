@@ -16,7 +16,8 @@ import { admitFork, demandOf, hostSettings, shortages, type ForkDemand, type Hos
 import { HostSettings } from "../../engine/spec";
 import { cgroupSupport, cgroupDirs, findLayout, limitFiles } from "../../engine/qemu/cgroup";
 import { qemuArgv, throttleOpts, vmPaths } from "../../engine/qemu/argv";
-import { isAlive, tail } from "../../engine/qemu/process";
+import { consoleLogBytes, isAlive, QEMU_LOG_BYTES, spawnQemu, tail } from "../../engine/qemu/process";
+import { pollUntil } from "../../engine/util/poll";
 import { qemusUnder } from "../../engine/qemu/find";
 import { deadline } from "../helpers/deadline";
 
@@ -40,6 +41,18 @@ const errorOf = async (p: Promise<unknown>): Promise<ForkvmError> => {
   try { await p; } catch (err) { if (err instanceof ForkvmError) return err; throw err; }
   throw new Error("expected a ForkvmError");
 };
+/**
+ * deadline(), and a ForkvmError thrown by the test becomes a plain Error: uvu 0.5 reads an
+ * error's `details` as its own diff text, and an object there ends the whole suite silently.
+ */
+const guarded = <T>(ms: number, fn: () => Promise<T>) => deadline(ms, async () => {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof ForkvmError) throw new Error(`${err.code}: ${err.message}`);
+    throw err;
+  }
+});
 const p50 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 /** CPU seconds a process has used (utime + stime). */
 const cpuSeconds = (pid: number) => {
@@ -156,6 +169,31 @@ test("tail reads a capped log across its rotation", () => {
   }
 });
 
+test("a process that floods its stderr and console descriptor keeps qemu.log and console.log under their caps (a stand-in QEMU)", guarded(60_000, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "forkvm-flood-"));
+  const fake = path.join(dir, "flood");
+  fs.writeFileSync(fake, "#!/bin/sh\nyes stderr-flood | head -c 1500000 >&2\nyes console-flood | head -c 1500000 >&3\necho last-words >&2\nexec sleep 30\n", { mode: 0o755 });
+  process.env.FORKVM_QEMU = fake;
+  let pid = 0;
+  try {
+    pid = await spawnQemu(dir, ["-name", "forkvm-flood1,debug-threads=off"]);
+  } finally {
+    delete process.env.FORKVM_QEMU;
+  }
+  try {
+    const p = vmPaths(dir);
+    await pollUntil(() => (fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").startsWith("sleep") && tail(p.log, 1, 0).endsWith("last-words") ? true : undefined), { what: "the flood", deadlineMs: 30_000 });
+    const bytes = (f: string) => [f, `${f}.1`].reduce((n, x) => n + (fs.existsSync(x) ? fs.statSync(x).size : 0), 0);
+    assert.ok(bytes(p.log) <= 2 * QEMU_LOG_BYTES && bytes(p.log) >= QEMU_LOG_BYTES, `qemu.log: ${bytes(p.log)} bytes`);
+    assert.ok(bytes(p.consoleLog) <= 2 * consoleLogBytes() && bytes(p.consoleLog) >= consoleLogBytes(), `console.log: ${bytes(p.consoleLog)} bytes`);
+    assert.match(tail(p.consoleLog, 2, 0), /console-flood\n[a-z-]*$/);
+  } finally {
+    if (pid) process.kill(pid, "SIGKILL");
+    await new Promise((r) => setTimeout(r, 100));
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}));
+
 // ---------------------------------------------------------------------------------------------
 // On QEMU
 
@@ -165,7 +203,7 @@ const madeBases = where ? [...new Set(Object.values(where.bases))].filter((b) =>
 const cg = cgroupSupport(["cpu", "memory"]);
 const mine = () => qemusUnder(home);
 
-test.before(deadline(600_000, async () => {
+test.before(guarded(600_000, async () => {
   await buildDefaultImage({});
   const p = await engine.createParent({ name: "lp", memoryMiB: 128, diskMiB: 64, accel: "tcg", init: ["echo warm > /tmp/warm"] });
   assert.is(p.status, "running");
@@ -189,7 +227,7 @@ test.after(async () => {
   for (const b of madeBases) try { fs.rmdirSync(b); } catch { /* another forkvm uses it */ }
 });
 
-test("a fork of 10,000 is refused with the numbers: no QEMU started, nothing reserved", deadline(30_000, async () => {
+test("a fork of 10,000 is refused with the numbers: no QEMU started, nothing reserved", guarded(30_000, async () => {
   const before = { vms: engine.store.names("vms"), qemus: mine().length, shm: fs.readdirSync(engine.store.memDir).sort() };
   const err = await errorOf(engine.fork({ template: "lt", count: 10_000 }));
   assert.is(err.code, "HOST");
@@ -203,7 +241,7 @@ test("a fork of 10,000 is refused with the numbers: no QEMU started, nothing res
   assert.equal(fs.readdirSync(engine.store.memDir).sort(), before.shm);
 }));
 
-test("a fork past the host's maximum of VMs (host.json maxVms) is refused before anything starts", deadline(30_000, async () => {
+test("a fork past the host's maximum of VMs (host.json maxVms) is refused before anything starts", guarded(30_000, async () => {
   fs.writeFileSync(settingsFile, JSON.stringify({ maxVms: 1 }));
   try {
     const err = await errorOf(engine.fork({ template: "lt", count: 2, prefix: "over" }));
@@ -215,7 +253,7 @@ test("a fork past the host's maximum of VMs (host.json maxVms) is refused before
   }
 }));
 
-test("a batch whose forks all fail stops after maxConsecutiveFailures; the rest are not attempted and leave nothing", deadline(60_000, async () => {
+test("a batch whose forks all fail stops after maxConsecutiveFailures; the rest are not attempted and leave nothing", guarded(60_000, async () => {
   // A QEMU that cannot start machines (it reports the real version, so the template checks out
   // whole): every child fails alike.
   const fake = path.join(home, "broken-qemu");
@@ -240,7 +278,7 @@ test("a batch whose forks all fail stops after maxConsecutiveFailures; the rest 
   console.log(`  10 children of a broken QEMU: 3 tried, 7 not attempted, in ${Date.now() - t0} ms`);
 }));
 
-test("children fork with and without limits; the limits reach QEMU (cgroup, -drive throttling)", deadline(180_000, async () => {
+test("children fork with and without limits; the limits reach QEMU (cgroup, -drive throttling)", guarded(180_000, async () => {
   const free = await engine.fork({ template: "lt", names: ["f-1", "f-2", "f-3"], concurrency: 1 });
   assert.is(free.failed.length, 0, free.failed.map((f) => f.error.message).join("; "));
   // Memory and disk I/O caps (a cgroup, throttling) without a CPU cap, then all four: a CPU cap
@@ -262,7 +300,7 @@ test("children fork with and without limits; the limits reach QEMU (cgroup, -dri
   assert.is(await ok("l-1", "cat /tmp/warm"), "warm");
 }));
 
-test("a CPU cap shows in the child's cgroup and holds while its guest spins", deadline(120_000, async () => {
+test("a CPU cap shows in the child's cgroup and holds while its guest spins", guarded(120_000, async () => {
   if (!cg.layout) {
     console.log(`  skipped: cgroups are not usable here: ${cg.reason}`);
     return;
@@ -302,7 +340,7 @@ test("a CPU cap shows in the child's cgroup and holds while its guest spins", de
   assert.is(read(path.join(cg.layout.bases.cpu!, again.token, cpuFile)).split(" ")[0], "50000");
 }));
 
-test("a child past its memory cap is killed alone (it shows crashed); its siblings run on", deadline(120_000, async () => {
+test("a child past its memory cap is killed alone (it shows crashed); its siblings run on", guarded(120_000, async () => {
   if (!cg.layout) {
     console.log(`  skipped: cgroups are not usable here: ${cg.reason}`);
     return;
@@ -322,7 +360,7 @@ test("a child past its memory cap is killed alone (it shows crashed); its siblin
   await engine.remove(["mm-1"]);
 }));
 
-test("disk I/O is throttled to the child's bps", deadline(120_000, async () => {
+test("disk I/O is throttled to the child's bps", guarded(120_000, async () => {
   const write = "t0=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero of=/data/io bs=64k count=48 conv=fsync 2>/dev/null; t1=$(cut -d' ' -f1 /proc/uptime); rm -f /data/io; echo $t0 $t1";
   const secs = (out: string) => { const [a, b] = out.split(" ").map(Number); return b - a; };
   const limited = secs(await ok("l-2", write));
@@ -331,7 +369,7 @@ test("disk I/O is throttled to the child's bps", deadline(120_000, async () => {
   assert.ok(limited >= 2, `throttled write took ${limited} s`);
 }));
 
-test("a guest printing without pause keeps its console log under the cap; the console still answers", deadline(120_000, async () => {
+test("a guest printing without pause keeps its console log under the cap; the console still answers", guarded(120_000, async () => {
   const vm = engine.vm("f-3");
   const log = vmPaths(engine.store.dir("vms", vm.name)).consoleLog;
   const onDisk = () => [log, `${log}.1`].reduce((s, f) => s + (fs.existsSync(f) ? fs.statSync(f).size : 0), 0);
@@ -365,7 +403,7 @@ test("a guest printing without pause keeps its console log under the cap; the co
   assert.match(seen, /console-ok-42/);
 }));
 
-test("a VM whose log capper died runs on: its console writes are dropped, QEMU ignores the broken pipe", deadline(60_000, async () => {
+test("a VM whose log capper died runs on: its console writes are dropped, QEMU ignores the broken pipe", guarded(60_000, async () => {
   const vm = engine.vm("f-3");
   const log = vmPaths(engine.store.dir("vms", vm.name)).consoleLog;
   const cappers = fs.readdirSync("/proc").filter((p) => /^\d+$/.test(p)).filter((p) => {
@@ -378,7 +416,7 @@ test("a VM whose log capper died runs on: its console writes are dropped, QEMU i
   assert.is(await ok("f-3", "echo still"), "still");
 }));
 
-test("a child filling its delta disk gets ENOSPC inside; its disk (on tmpfs) stays within the disk's size; siblings are fine", deadline(240_000, async () => {
+test("a child filling its delta disk gets ENOSPC inside; its disk (on tmpfs) stays within the disk's size; siblings are fine", guarded(240_000, async () => {
   const vm = engine.vm("f-2");
   const delta = vm.diskPath!;
   assert.ok(delta.startsWith(engine.store.memDir), "a non-persistent child's delta disk is on tmpfs");
@@ -396,7 +434,7 @@ test("a child filling its delta disk gets ENOSPC inside; its disk (on tmpfs) sta
   await ok("f-2", "rm -f /data/fill && sync");
 }));
 
-test("removing limited children removes their cgroups", deadline(60_000, async () => {
+test("removing limited children removes their cgroups", guarded(60_000, async () => {
   await engine.remove(["m-1", "m-2", "m-3", "l-1", "l-2", "l-3"]);
   if (!cg.layout) return;
   for (const t of tokens) for (const d of cgroupDirs(cg.layout, t)) assert.not.ok(fs.existsSync(d), `${d} removed`);
