@@ -87,6 +87,8 @@ export const VmManifest = z.object({
   timings: z.record(z.string(), z.number()).optional(),
   /** The operation in flight and who runs it (see OpRecord); absent when none is. */
   op: OpRecord.optional(),
+  /** Caps on its QEMU's CPU, memory and disk I/O (spec.ts Limits), applied at every launch. */
+  limits: Limits.optional(),
 }).strict();
 export type VmManifest = z.infer<typeof VmManifest>;
 
