@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { ForkvmError, messageOf } from "../errors";
 import type { Ctx } from "../context";
 import type { TemplateManifest, VmManifest } from "../state/manifest";
-import { KINDS, memFileOwner, type Kind, type ObjectHealth } from "../state/store";
+import { KINDS, memFileOwner, privateMemDir, type Kind, type ObjectHealth } from "../state/store";
 import { statusOf, transition, type VmStatus } from "../state/transitions";
 import { isAlive, killQemu } from "../qemu/process";
 import { findQemu, isLive, listQemus, livePid, qemusUnder, type QemuProcess } from "../qemu/find";
@@ -310,9 +310,12 @@ const GC_LOCK_WAIT_MS = 2000;
  * - what crashed removals and lock holders left (`.trash-*`, dead locks, temp files of dead writers).
  * Never touched: damaged manifests, manifests of a newer forkvm, a directory holding a disk that
  * is nobody's copy (an interrupted capture may have moved a parent's disk there): reported in `left`.
+ * Throws HOST (before touching anything) when the memory directory is not private (privateMemDir).
  */
 export async function collect(ctx: Ctx, minAgeMs = LEGACY_ABANDONED_MS): Promise<GcReport> {
   const { store } = ctx;
+  // Never sweep a memory directory that is not this user's own (FORKVM_MEMDIR=/dev/shm: other programs' files).
+  if (fs.existsSync(store.memDir)) privateMemDir(store.memDir);
   const report: GcReport = { removed: [], recovered: [], left: [], busy: [] };
   const underLock = async (kind: Kind, name: string, fn: () => Promise<void>) => {
     try {

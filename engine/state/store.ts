@@ -567,8 +567,11 @@ export function privateMemDir(dir: string): void {
   const st = fs.lstatSync(dir);
   const uid = process.getuid?.();
   const refuse = (why: string, fix: string) =>
-    new ForkvmError("HOST", `Cannot use memory directory ${dir}: ${why}; ${fix}, or set FORKVM_MEMDIR to a directory of your own with mode 0700`, { details: { memDir: dir, mode: st.mode & 0o7777, uid: st.uid } });
-  if (st.isSymbolicLink() || !st.isDirectory()) throw refuse(st.isSymbolicLink() ? "it is a symbolic link" : "it is not a directory", "remove it");
-  if (uid !== undefined && st.uid !== uid) throw refuse(`it belongs to uid ${st.uid}, not to you (uid ${uid}): another user may read or replace guest memory there`, "find out who made it and remove it");
-  if (st.mode & 0o077) throw refuse(`its mode is ${(st.mode & 0o777).toString(8).padStart(4, "0")}, others may read guest memory or plant files there`, `if nothing in it is anyone else's, chmod 700 ${dir}`);
+    new ForkvmError("HOST", `Cannot use memory directory ${dir}: ${why}; ${fix}`, { details: { memDir: dir, mode: st.mode & 0o7777, uid: st.uid } });
+  const elsewhere = "or set FORKVM_MEMDIR to a directory of your own with mode 0700";
+  if (st.isSymbolicLink() || !st.isDirectory()) throw refuse(st.isSymbolicLink() ? "it is a symbolic link" : "it is not a directory", `remove it, ${elsewhere}`);
+  if (uid !== undefined && st.uid !== uid) throw refuse(`it belongs to uid ${st.uid}, not to you (uid ${uid}): another user may read or replace guest memory there`, `find out who made it and remove it, ${elsewhere}`);
+  const mode = (st.mode & 0o7777).toString(8).padStart(4, "0");
+  if (st.mode & 0o022) throw refuse(`its mode is ${mode}: other users can create files there (forkvm would follow a link planted there) and their files are not forkvm's`, `set FORKVM_MEMDIR to a directory of your own in it (e.g. FORKVM_MEMDIR=${path.join(dir, `forkvm-${process.env.USER || uid}`)}: forkvm creates it 0700)`);
+  if (st.mode & 0o077) throw refuse(`its mode is ${mode}: other users may read guest memory there`, `if nothing in it is anyone else's, chmod 700 ${dir}, ${elsewhere}`);
 }
