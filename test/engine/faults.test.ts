@@ -159,7 +159,7 @@ function tests(): void {
     for (const q of qemusOfHome()) { try { process.kill(q.pid, "SIGKILL"); } catch { /* gone */ } }
   });
 
-  test("the memory directory is private: a wider one or another's is refused naming it; memory files never follow a link", () => {
+  test("the memory directory is private: a wider one or another's is refused naming it (gc too); memory files never follow a link", async () => {
     const base = fs.mkdtempSync(path.join(store.memDir, "..", `faults-memdir-${process.pid}-`));
     try {
       const wide = path.join(base, "wide");
@@ -168,6 +168,16 @@ function tests(): void {
       const err = (() => { try { privateMemDir(wide); } catch (e) { return e as ForkvmError; } })();
       assert.is(err?.code, "HOST");
       assert.ok(err!.message.includes(wide) && /mode is 0755/.test(err!.message) && /chmod 700/.test(err!.message), err!.message);
+      const shared = path.join(base, "shared");
+      fs.mkdirSync(shared);
+      fs.chmodSync(shared, 0o1777);
+      assert.throws(() => privateMemDir(shared), (e: Error) => e.message.includes(`FORKVM_MEMDIR=${shared}/forkvm-`) && /mode is 1777/.test(e.message));
+      // gc refuses it before touching anything: FORKVM_MEMDIR=/dev/shm holds other programs' files.
+      fs.writeFileSync(path.join(shared, "vms-x.mem"), "someone's");
+      const other = new Engine({ home: path.join(base, "h3"), memDir: shared });
+      const gcErr = await collect(other.ctx, 0).then(() => undefined, (e) => e as ForkvmError);
+      assert.is(gcErr?.code, "HOST");
+      assert.ok(fs.existsSync(path.join(shared, "vms-x.mem")));
       const theirs = path.join(base, "theirs");
       fs.mkdirSync(theirs, { mode: 0o700 });
       fs.chownSync(theirs, 1234, 1234);
