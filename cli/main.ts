@@ -225,10 +225,12 @@ program.command("ls").description("list VMs, templates and pools (status reconci
     const vms = e.listVms();
     const templates = e.listTemplates();
     const pools = e.listPools();
-    if (globals().json) return printJson({ vms, templates, pools });
+    const problems = e.problems();
+    if (globals().json) return printJson({ vms, templates, pools, problems });
     console.log(table(["name", "role", "status", "pid", "pool", "template", "generation", "mac", "memory", "persistent"], vms.map((v) => [v.name, v.role, v.status, v.status === "running" ? v.pid : undefined, v.pool?.name, v.template?.name, v.template?.generation, v.mac, mb(v.shape.memoryMiB), v.role === "child" ? String(Boolean(v.persistent)) : undefined])));
     if (templates.length) console.log(table(["template", "generation", "source", "parent", "children", "created"], templates.map((t) => [t.name, t.generation, t.source, t.parent, t.children.length, t.createdAt])));
     if (pools.length) console.log(poolsTable(pools));
+    if (problems.length) console.log(table(["kind", "name", "status", "gc", "why"], problems.map((p) => [p.kind, p.name, p.status, p.gc, p.message])));
   }));
 
 program.command("inspect <name>").description("everything about one VM, template or pool (JSON)")
@@ -409,11 +411,12 @@ poolCmd.command("rm <name>").description("remove a pool and the children it owns
     console.log(table(["name", "kind", "removed"], [[r.name, r.kind, removed.join(" ") || "(no pool of that name)"]]));
   }));
 
-program.command("gc").description("remove leftovers of interrupted operations (older than a minute)")
+program.command("gc").description("remove what interrupted operations left (creates whose process died, at once; files of no object, after a minute), finish interrupted starts and captures; damaged and newer manifests are left and reported")
   .action(action(async () => {
-    const r = await engine().gc();
+    const r = await engine().collect();
     if (globals().json) return printJson(r);
-    console.log(r.length ? r.join("\n") : "nothing to collect");
+    const lines = [...r.removed.map((x) => `removed ${x}`), ...r.recovered.map((x) => `recovered ${x}`), ...r.left.map((x) => `left ${x.object}: ${x.why}`), ...r.busy.map((x) => `busy ${x} (an operation holds it; run gc again later)`)];
+    console.log(lines.length ? lines.join("\n") : "nothing to collect");
   }));
 
 program.parseAsync(process.argv).catch((err) => {

@@ -6,7 +6,7 @@ import { Store, defaultHome, defaultMemDir } from "./state/store";
 import { createParent, type ParentArgs } from "./ops/parent";
 import { createTemplate, type TemplateArgs } from "./ops/template";
 import { forkChildren, type ForkArgs, type ForkResult } from "./ops/fork";
-import { childrenOf, execVm, gc, info, remove, resetVm, setMetadata, startVm, stopVm, type RemoveResult, type VmInfo } from "./ops/lifecycle";
+import { childrenOf, collect, execVm, gc, info, problems, remove, resetVm, setMetadata, startVm, stopVm, type GcReport, type Problem, type RemoveResult, type VmInfo } from "./ops/lifecycle";
 import { applyPool, findPool, listPools, planPoolChange, poolInfo, removePool, type ApplyResult, type PlanHints, type PoolArgs, type PoolChange, type PoolInfo } from "./ops/pool";
 import { memoryStats, type MemoryStats } from "./stats";
 import type { TemplateManifest, VmManifest } from "./state/manifest";
@@ -159,8 +159,19 @@ export class Engine {
     return out;
   }
 
+  /** Removes and finishes what interrupted operations left (see lifecycle.collect): the lines of what it did. */
   gc(minAgeMs?: number): Promise<string[]> {
     return gc(this.ctx, minAgeMs);
+  }
+
+  /** What gc did, what it left alone and why, and what was busy. */
+  collect(minAgeMs?: number): Promise<GcReport> {
+    return collect(this.ctx, minAgeMs);
+  }
+
+  /** Objects `listVms`/`listTemplates`/`listPools` cannot list: creates in flight or abandoned, damaged or newer manifests. */
+  problems(): Problem[] {
+    return problems(this.ctx);
   }
 
   /** Memory figures of running VMs (all, or those named). */

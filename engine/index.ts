@@ -4,7 +4,7 @@ export { ForkvmError, type ForkvmErrorCode } from "./errors";
 export { makeLogger, silentLogger, type Logger, type LogLevel } from "./log";
 export type { Progress } from "./context";
 export type { VmManifest, TemplateManifest, PoolManifest } from "./state/manifest";
-export type { VmInfo, VmStatus, RemoveResult } from "./ops/lifecycle";
+export type { VmInfo, VmStatus, RemoveResult, GcReport, Problem } from "./ops/lifecycle";
 export type { ForkResult } from "./ops/fork";
 export type { ParentArgs, TemplateArgs, ForkArgs, PoolArgs, PoolSpec } from "./spec";
 export type { ApplyResult, PoolChange, PoolChild, PoolInfo, PlanHints } from "./ops/pool";
