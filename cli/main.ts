@@ -158,7 +158,26 @@ image.command("build").description("build the default guest image (Debian kernel
   }));
 
 const parent = program.command("parent").description("parent VMs (the VMs that get cloned)");
-parent.command("create <name>").description("boot a parent VM and run its init commands")
+
+/** --egress and the four limits, shared by parent create, fork and pool apply/plan (ranges from the spec). */
+function withVmOptions(cmd: Command, what: string): Command {
+  return cmd
+    .addOption(new Option("--egress <mode>", `${what}: nat reaches the outside (never the host's loopback), none reaches nothing`).choices([...spec.Egress.options]))
+    .addOption(numberOption("--cpu-percent <n>", `cap ${what}'s host CPU, in percent of one core`, spec.Limits.shape.cpuPercent, false))
+    .addOption(numberOption("--memory-limit <MiB>", `cap the memory ${what}'s QEMU may be charged`, spec.Limits.shape.memoryMiB, false))
+    .addOption(numberOption("--iops <n>", `cap ${what}'s disk operations per second`, spec.Limits.shape.iops, false))
+    .addOption(numberOption("--bps <n>", `cap ${what}'s disk bytes per second`, spec.Limits.shape.bps, false));
+}
+
+type VmOpts = { egress?: "nat" | "none"; cpuPercent?: number; memoryLimit?: number; iops?: number; bps?: number };
+
+/** The engine's limits from the flags; undefined when none was given. */
+function limitsOf(o: VmOpts): spec.Limits | undefined {
+  const l = { cpuPercent: o.cpuPercent, memoryMiB: o.memoryLimit, iops: o.iops, bps: o.bps };
+  return Object.values(l).some((v) => v !== undefined) ? l : undefined;
+}
+
+withVmOptions(parent.command("create <name>").description("boot a parent VM and run its init commands")
   .addOption(numberOption("--memory <MiB>", "guest memory", spec.ParentArgs.shape.memoryMiB))
   .addOption(numberOption("--vcpus <n>", "virtual CPUs", spec.ParentArgs.shape.vcpus))
   .addOption(numberOption("--disk <MiB>", "size of a new data disk (0: none)", spec.ParentArgs.shape.diskMiB))
@@ -171,13 +190,13 @@ parent.command("create <name>").description("boot a parent VM and run its init c
   .option("--kernel <path>", "bring your own kernel (with --initrd)")
   .option("--initrd <path>", "bring your own initrd (with --kernel)")
   .option("--cmdline <text>", "kernel command line for your own kernel")
-  .addOption(numberOption("--timeout <s>", "deadline for boot and init, in seconds", spec.ParentArgs.shape.bootTimeoutS))
+  .addOption(numberOption("--timeout <s>", "deadline for boot and init, in seconds", spec.ParentArgs.shape.bootTimeoutS)), "the parent")
   .action(action(async (name: string, o: Record<string, any>) => {
     const p = progressReporter(Boolean(globals().quiet));
     const vm = await engine().withProgress(p.report).createParent({
       name, memoryMiB: o.memory, vcpus: o.vcpus, diskMiB: o.disk, diskImage: o.diskImage, init: o.init,
       forwards: o.forward.map(parseForward), nic: o.nic, macPrefix: o.macPrefix, accel: o.accel,
-      kernel: o.kernel, initrd: o.initrd, cmdline: o.cmdline, bootTimeoutS: o.timeout,
+      kernel: o.kernel, initrd: o.initrd, cmdline: o.cmdline, bootTimeoutS: o.timeout, egress: o.egress, limits: limitsOf(o),
     }).finally(p.done);
     if (globals().json) return printJson(vm);
     console.log(table(["parent", "status", "accel", "memory", "boot", "init", "forwards"], [[vm.name, vm.status, vm.shape.accel, mb(vm.shape.memoryMiB), ms(vm.timings?.bootMs), ms(vm.timings?.initMs), forwardsText(vm.forwards)]]));
@@ -194,7 +213,7 @@ template.command("create <name>").description("freeze a parent into a powered-on
     console.log(table(["template", "generation", "source", "parent", "memory", "checkpoint", "freeze", "source downtime"], [[t.name, t.generation, t.source, t.parent, mb(t.shape.memoryMiB), `${(t.stateBytes / 1048576).toFixed(2)} MiB`, ms(t.timings.freezeMs), ms(t.timings.downtimeMs)]]));
   }));
 
-program.command("fork <template>").description("fork running children from a template")
+withVmOptions(program.command("fork <template>").description("fork running children from a template")
   .addOption(numberOption("--count <n>", "how many children", spec.ForkArgs.shape.count))
   .option("--prefix <prefix>", "children are named <prefix>-<n> (default: the template's name)")
   .option("--persistent", "children keep their delta disk across stop/start")
@@ -203,18 +222,19 @@ program.command("fork <template>").description("fork running children from a tem
   .option("--forward <[host:]guest>", "forward a port to each child (host port picked per child)", collect, [])
   .option("--metadata <KEY=VALUE>", "metadata for each child, in /etc/forkvm/metadata (repeatable)", collect, [])
   .option("--mac-prefix <octets>", "MAC prefix, e.g. 52:54:00")
-  .addOption(numberOption("--timeout <s>", "deadline for each child from fork to agent-ready, in seconds", spec.ReadyTimeoutS))
+  .addOption(numberOption("--timeout <s>", "deadline for each child from fork to agent-ready, in seconds", spec.ReadyTimeoutS)), "each child")
   .action(action(async (tname: string, o: Record<string, any>) => {
     const p = progressReporter(Boolean(globals().quiet));
     const r = await engine().withProgress(p.report).fork({
       template: tname, count: o.count, prefix: o.prefix, persistent: Boolean(o.persistent), clone: o.full ? "full" : "linked", concurrency: o.concurrency,
       forwards: o.forward.map(parseForward), macPrefix: o.macPrefix, readyTimeoutS: o.timeout,
-      metadata: o.metadata.length ? parseMetadata(o.metadata) : undefined,
+      metadata: o.metadata.length ? parseMetadata(o.metadata) : undefined, egress: o.egress, limits: limitsOf(o),
     }).finally(p.done);
-    if (globals().json) printJson({ children: r.children, failed: r.failed.map((f) => ({ name: f.name, code: f.error.code, message: f.error.message })) });
+    if (globals().json) printJson({ children: r.children, failed: r.failed.map((f) => ({ name: f.name, code: f.error.code, message: f.error.message })), notAttempted: r.notAttempted });
     else {
       console.log(table(["child", "pid", "mac", "hostname", "running", "ready", "forwards"], r.children.map((c) => [c.name, c.pid, c.mac, c.hostname, ms(c.timings?.runningMs), ms(c.timings?.readyMs), forwardsText(c.forwards)])));
       for (const f of r.failed) process.stderr.write(`forkvm: ${f.error.message}\n`);
+      if (r.notAttempted.length) process.stderr.write(`forkvm: not attempted after ${r.failed.length - r.notAttempted.length} failures in a row: ${r.notAttempted.join(", ")}\n`);
     }
     return r.failed.length ? 1 : 0;
   }));
@@ -311,14 +331,14 @@ program.command("rm <names...>").description("remove VMs, templates and pools (a
 
 const poolCmd = program.command("pool").description("pools: a fleet of children kept as declared (size, template, metadata), healed and rolled over by the engine");
 
-type PoolOpts = {
+type PoolOpts = VmOpts & {
   template?: string; size?: number; persistent?: boolean; prefix?: string; maxUnavailable?: number | string;
   metadata?: string[] | false; forward?: string[] | false; macPrefix?: string; concurrency?: number; timeout?: number;
 };
 
 /** `pool apply` and `pool plan` take the same flags; on an existing pool a flag not given keeps the pool's value. */
 function poolCommand(verb: "apply" | "plan", description: string): Command {
-  return poolCmd.command(`${verb} <name>`).description(description)
+  return withVmOptions(poolCmd.command(`${verb} <name>`).description(description), "every child")
     .option("--template <name>", "the template to fork from (required for a new pool); a new template or generation rolls the children over")
     .addOption(numberOption("--size <n>", "how many children run (required for a new pool)", spec.PoolFields.shape.size, false))
     .option("--persistent", "children keep their delta disk across stop/start")
@@ -350,6 +370,8 @@ function poolArgs(verb: string, name: string, o: PoolOpts, current: PoolSpec | u
     updatePolicy: o.maxUnavailable !== undefined ? { maxUnavailable: o.maxUnavailable } : current?.updatePolicy,
     concurrency: o.concurrency ?? current?.concurrency,
     readyTimeoutS: o.timeout ?? current?.readyTimeoutS,
+    egress: o.egress ?? current?.egress,
+    limits: limitsOf(o) ?? current?.limits,
   };
 }
 

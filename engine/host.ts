@@ -3,9 +3,9 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { spawn } from "node:child_process";
-import { ForkvmError } from "./errors";
-import { qemuBinary } from "./qemu/process";
+import { execFileSync, spawn } from "node:child_process";
+import { ForkvmError, messageOf } from "./errors";
+import { qemuBinary, which } from "./qemu/process";
 import { run } from "./util/run";
 import type { Accel } from "./qemu/argv";
 import { writeFileAtomic } from "./util/atomic-write";
@@ -85,13 +85,13 @@ async function timeLoop(accel: Accel, biosPath: string, deadlineMs: number): Pro
  * unusable); `auto` probes: KVM is used only when it runs guest ring-0 code at hardware speed.
  */
 export async function chooseAccel(choice: AccelChoice, cacheFile?: string): Promise<AccelProbe> {
-  const kvmUsable = (() => { try { fs.accessSync("/dev/kvm", fs.constants.R_OK | fs.constants.W_OK); return true; } catch { return false; } })();
+  const kvm = kvmUsable();
   if (choice === "tcg") return { accel: "tcg", reason: "asked for tcg" };
   if (choice === "kvm") {
-    if (!kvmUsable) throw new ForkvmError("HOST", "Cannot use accel kvm: /dev/kvm is missing or not writable", { details: { field: "accel" } });
+    if (!kvm) throw new ForkvmError("HOST", "Cannot use accel kvm: /dev/kvm is missing or not writable", { details: { field: "accel" } });
     return { accel: "kvm", reason: "asked for kvm" };
   }
-  if (!kvmUsable) return { accel: "tcg", reason: "/dev/kvm is missing or not writable", warning: "KVM is not available: using TCG (software emulation, much slower)" };
+  if (!kvm) return { accel: "tcg", reason: "/dev/kvm is missing or not writable", warning: "KVM is not available: using TCG (software emulation, much slower)" };
   const fingerprint = hostFingerprint();
   if (cacheFile) {
     try {
@@ -134,10 +134,59 @@ function hostFingerprint(): string {
   return [os.release(), cpu, qemuBinary()].join("|");
 }
 
+export interface QemuIdentity {
+  /** QEMU's version, e.g. "7.2.22". */
+  version: string;
+  /** The binary that was run. */
+  binary: string;
+  /** dev:inode:size:mtime of the binary: when it is unchanged, so is the version (no process run). */
+  id: string;
+}
+
+const versions = new Map<string, string>();
+
+/**
+ * The QEMU installed now. `FORKVM_TEST_QEMU_VERSION` (test-only: simulates an upgrade) replaces
+ * the version it reports. The version is read once per binary identity (a process, synchronously:
+ * the fork path's check is synchronous). Throws HOST when QEMU cannot be run.
+ */
+export function installedQemu(env = process.env): QemuIdentity {
+  const binary = which(qemuBinary(env), env);
+  if (!binary) throw new ForkvmError("HOST", `Cannot find ${qemuBinary(env)}: not on PATH (install qemu-system-x86: npm run setup)`);
+  const id = fileId(binary)!;
+  const override = env.FORKVM_TEST_QEMU_VERSION;
+  if (override) return { version: override, binary, id: `${id}:test-${override}` };
+  let version = versions.get(id);
+  if (!version) {
+    try {
+      const out = execFileSync(binary, ["--version"], { encoding: "utf8", timeout: 10_000, stdio: ["ignore", "pipe", "pipe"] });
+      version = out.match(/version\s+([0-9.]+)/)?.[1] ?? out.split("\n")[0].trim();
+    } catch (err) {
+      throw new ForkvmError("HOST", `Cannot run ${binary} --version: ${messageOf(err)}`, { cause: err });
+    }
+    versions.set(id, version);
+  }
+  return { version, binary, id };
+}
+
+function fileId(file: string): string | undefined {
+  const st = fs.statSync(file, { throwIfNoEntry: false });
+  return st && `${st.dev}:${st.ino}:${st.size}:${Math.round(st.mtimeMs)}`;
+}
+
+/** The identity of `binary` when it is the QEMU this host runs now, else undefined. */
+export function binaryId(binary: string): string | undefined {
+  return binary === which(qemuBinary()) ? fileId(binary) : undefined;
+}
+
+/** Whether /dev/kvm can be opened read-write. */
+export function kvmUsable(): boolean {
+  try { fs.accessSync("/dev/kvm", fs.constants.R_OK | fs.constants.W_OK); return true; } catch { return false; }
+}
+
 /** QEMU's version string, e.g. "7.2.19". Throws HOST when QEMU is missing. */
 export async function qemuVersion(): Promise<string> {
-  const out = await run(qemuBinary(), ["--version"], { what: `run ${qemuBinary()} (install qemu-system-x86: npm run setup)`, timeoutMs: 10_000 });
-  return out.match(/version\s+([0-9.]+)/)?.[1] ?? out.split("\n")[0];
+  return installedQemu().version;
 }
 
 let machineCache: string | undefined;

@@ -132,7 +132,7 @@ export async function read(id: string, props: Props = {}): Promise<{ id: string;
 
 /** Whether the live parent needs healing: it crashed or was stopped (a consumed parent is fine). */
 function needsHeal(vm: VmInfo | undefined): boolean {
-  return !vm || vm.status === "crashed" || vm.status === "stopped";
+  return !vm || vm.status === "crashed" || vm.status === "stopped" || vm.status === "interrupted";
 }
 
 export async function diff(id: string, olds: Props = {}, news: Props = {}) {

@@ -9,7 +9,7 @@ export const VmName = Name;
 export { Accel, MAC_PREFIX_RE, MacPrefix, Port, Proto };
 
 /** A port forward as it runs: 127.0.0.1:host on the host reaches guest inside the VM. */
-export const ResolvedForward = z.object({ guest: Port, host: Port, proto: Proto }).strict();
+export const ResolvedForward = z.object({ guest: Port, host: Port, proto: Proto, auto: z.boolean().optional().describe("The engine picked the host port (it may pick another one at a restart if this one is taken).") }).strict();
 export type ResolvedForward = z.infer<typeof ResolvedForward>;
 
 /** The guest shape a template passes on to its pool (memory, vCPUs, base disk), for estimates. */

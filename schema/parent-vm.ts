@@ -3,6 +3,7 @@
 // outputs are what the engine made of it.
 import { z } from "zod";
 import { ForwardSpec, ParentArgs } from "../engine/spec";
+import type { VmStatus as EngineVmStatus } from "../engine";
 import { ResolvedForward, SdkInputs, Shape, VmName } from "./common";
 
 export const ParentForward = ForwardSpec;
@@ -21,8 +22,11 @@ export const PARENT_REPLACE_KEYS = ["name", "image", "kernel", "initrd", "cmdlin
 /** Properties that change in place (they only matter while booting). */
 export const PARENT_UPDATE_KEYS = ["bootTimeoutS"] as const;
 
-export const VmStatus = z.enum(["creating", "running", "stopped", "crashed", "consumed", "missing"]);
+/** The engine's statuses (engine/state/transitions.ts) plus `missing`: a VM the state knows and the engine no longer has. */
+export const VmStatus = z.enum(["creating", "starting", "running", "paused", "stopped", "crashed", "abandoned", "interrupted", "consumed", "missing"]);
 export type VmStatus = z.infer<typeof VmStatus>;
+// Every status the engine reports is one the schema knows: a new engine status fails the type-check here.
+export const STATUSES_COVER_ENGINE: Exclude<EngineVmStatus, VmStatus> extends never ? true : never = true;
 
 export const ParentVmOutputs = ParentVmInputs.extend({
   name: VmName.describe("The VM's name in the engine; also the resource's id."),

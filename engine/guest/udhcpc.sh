@@ -10,6 +10,9 @@ case $1 in
   bound | renew)
     ip -4 addr flush dev "$interface" 2>/dev/null
     ip addr add "$ip/${mask:-24}" ${broadcast:+broadcast "$broadcast"} dev "$interface"
+    # A restricted user-mode network (egress none) offers no router: the DHCP server is the
+    # gateway, so a child forked from such a parent onto an egress nat network still has a route.
+    [ -n "$router" ] || router=$serverid
     for r in $router; do
       ip route replace default via "$r" dev "$interface"
       break

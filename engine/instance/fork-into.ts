@@ -2,7 +2,6 @@
 // waiting for the checkpoint, load, cont, then a new identity in this order: hostname, MAC, clock,
 // RNG reseed, machine-id (vmgenid also reseeds the kernel), then the VM's metadata (settle).
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import type { Ctx } from "../context";
@@ -18,6 +17,7 @@ import { newToken } from "./identity";
 import { agentFor, qemuFailure, startInstance } from "./launch";
 import { overlayPrototypePath } from "./template-files";
 import { settle } from "./boot";
+import { sendCheckpoint } from "./checkpoint-io";
 
 /**
  * A child's TCG translation buffer (MiB). QEMU 7.2 reserves 1 GiB and keeps every block it ever
@@ -128,13 +128,4 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
     agent.close();
   }
   vm.timings = { diskMs, ...(full ? { copyMs } : {}), spawnMs, loadedMs, runningMs, readyMs: ms() };
-}
-
-/** Writes a checkpoint into QEMU's incoming migration socket and closes it. */
-function sendCheckpoint(sock: string, state: Buffer): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    const s = net.createConnection(sock, () => s.end(state));
-    s.once("error", (err) => reject(new ForkvmError("MIGRATION", `Cannot send the checkpoint to ${sock}: ${err.message}`, { cause: err })));
-    s.once("close", (hadError) => { if (!hadError) resolve(); });
-  });
 }

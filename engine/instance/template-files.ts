@@ -4,14 +4,13 @@
 import * as fs from "node:fs";
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
-import { execFileSync } from "node:child_process";
 import { createHash, randomBytes, type Hash } from "node:crypto";
 import * as lockfile from "proper-lockfile";
 import { ForkvmError, messageOf } from "../errors";
 import type { TemplateManifest } from "../state/manifest";
 import { Store } from "../state/store";
-import { fsInfo } from "../host";
-import { createDisk, qemuBinary, which } from "../qemu/process";
+import { binaryId, fsInfo, installedQemu, kvmUsable } from "../host";
+import { createDisk } from "../qemu/process";
 import { sha256 } from "../util/hash";
 import { fsyncDir } from "../util/atomic-write";
 
@@ -293,42 +292,6 @@ function copyBack(store: Store, t: TemplateManifest, img: NonNullable<TemplateMa
 // The QEMU a template needs: the one that captured it (device state and machine types are
 // QEMU's own format), under the same accelerator.
 
-export interface QemuIdentity {
-  /** QEMU's version, e.g. "7.2.22". */
-  version: string;
-  /** The binary that was run. */
-  binary: string;
-  /** dev:inode:size:mtime of the binary: when it is unchanged, so is the version (no process run). */
-  id: string;
-}
-
-const versions = new Map<string, string>();
-
-/**
- * The QEMU installed now. `FORKVM_TEST_QEMU_VERSION` (test-only: simulates an upgrade) replaces
- * the version it reports. The version is read once per binary identity (a process, synchronously:
- * the fork path's check is synchronous). Throws HOST when QEMU cannot be run.
- */
-export function installedQemu(env = process.env): QemuIdentity {
-  const binary = which(qemuBinary(env), env);
-  if (!binary) throw new ForkvmError("HOST", `Cannot find ${qemuBinary(env)}: not on PATH (install qemu-system-x86: npm run setup)`);
-  const st = fs.statSync(binary);
-  const id = `${st.dev}:${st.ino}:${st.size}:${Math.round(st.mtimeMs)}`;
-  const override = env.FORKVM_TEST_QEMU_VERSION;
-  if (override) return { version: override, binary, id: `${id}:test-${override}` };
-  let version = versions.get(id);
-  if (!version) {
-    try {
-      const out = execFileSync(binary, ["--version"], { encoding: "utf8", timeout: 10_000, stdio: ["ignore", "pipe", "pipe"] });
-      version = out.match(/version\s+([0-9.]+)/)?.[1] ?? out.split("\n")[0].trim();
-    } catch (err) {
-      throw new ForkvmError("HOST", `Cannot run ${binary} --version: ${messageOf(err)}`, { cause: err });
-    }
-    versions.set(id, version);
-  }
-  return { version, binary, id };
-}
-
 /** What this host lacks to run the template's children: the same QEMU version, a usable KVM. */
 function hostProblems(t: TemplateManifest): string[] {
   const problems: string[] = [];
@@ -346,16 +309,6 @@ function hostProblems(t: TemplateManifest): string[] {
   }
   if (t.shape.accel === "kvm" && !kvmUsable()) problems.push(`it was captured under KVM and /dev/kvm is not usable on this host: ${wayOut(t)}`);
   return problems;
-}
-
-function binaryId(binary: string): string | undefined {
-  if (binary !== which(qemuBinary())) return undefined;
-  const st = fs.statSync(binary, { throwIfNoEntry: false });
-  return st && `${st.dev}:${st.ino}:${st.size}:${Math.round(st.mtimeMs)}`;
-}
-
-function kvmUsable(): boolean {
-  try { fs.accessSync("/dev/kvm", fs.constants.R_OK | fs.constants.W_OK); return true; } catch { return false; }
 }
 
 /** "capture again from the parent <name>", saying when the parent cannot be captured any more. */

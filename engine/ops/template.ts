@@ -22,7 +22,8 @@ import { waitMigration, waitStatus } from "../qemu/wait";
 import { Undo } from "../undo";
 import { sha256 } from "../util/hash";
 import { run } from "../util/run";
-import { ensureOverlayPrototype, installedQemu, memoryImagePath, saveMemoryImage, type QemuIdentity } from "../instance/template-files";
+import { ensureOverlayPrototype, memoryImagePath, saveMemoryImage } from "../instance/template-files";
+import { installedQemu, type QemuIdentity } from "../host";
 import { receiveToFile, sendCheckpoint, type Receiver } from "../instance/checkpoint-io";
 import { beginCapture } from "../instance/recovery";
 import { newToken } from "../instance/identity";
@@ -419,8 +420,9 @@ async function liveCapture(ctx: Ctx, parent: VmManifest, args: z.infer<typeof Te
   const { pid, qmp: bq } = await startInstance(parent.shape, {
     token, dir: bdir, memory: { path: prep.memoryPath, share: true }, diskPath: prep.diskPath ? scratch : undefined,
     mac: parent.mac, forwards: [], incoming: true, paused: true,
-    // The same network backend as the parent and the children: the checkpoint holds its state (slirp's, or none).
-    egress: parent.egress ?? "nat",
+    // No way out for the builder: every VM carries the same (restricted) user-mode network whose
+    // state the checkpoint holds, so egress only adds a passt the builder never uses.
+    egress: "none",
   });
   undo.push("kill the builder", () => killQemu(pid, token, 500));
   const load = path.join(bdir, "load.sock");
