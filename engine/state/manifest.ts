@@ -61,7 +61,8 @@ export const VmManifest = z.object({
   state: VmState,
   shape: MachineShape,
   /** Current QEMU instance: its token (in its command line) and pid. */
-  token: z.string(),
+  /** 12 hex digits (instance/identity.ts newToken): it is matched in /proc cmdlines and names cgroups, so never anything else. */
+  token: z.string().regex(/^[0-9a-f]{12}$/, "must be 12 lower-case hex digits"),
   pid: z.number().int().optional(),
   memoryPath: z.string(),
   diskPath: z.string().optional(),

@@ -13,6 +13,7 @@ import { ForkvmError, messageOf } from "../errors";
 import { checkName, NAME_RE } from "../spec";
 import { writeFileAtomic } from "../util/atomic-write";
 import { isLive, selfRef, type ProcessRef } from "../qemu/find";
+import { grantQemu, qemuUser, type QemuUser } from "../qemu/run-as";
 import { MANIFEST_VERSION, PoolManifest, ProcessRecord, TemplateManifest, VmManifest } from "./manifest";
 
 export type Kind = "vms" | "templates" | "pools";
@@ -87,9 +88,17 @@ export class Store {
   init(): void {
     for (const d of KINDS.map((k) => path.join(this.home, k))) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
     if (!this.memDirChecked) {
-      privateMemDir(this.memDir);
+      const user = this.qemuUser();
+      // QEMU's user searches the home, vms/ and templates/ to reach the files it reopens (never pools/).
+      for (const d of [this.home, path.join(this.home, "vms"), path.join(this.home, "templates")]) grantQemu(user, d, "dir");
+      privateMemDir(this.memDir, user?.gid);
       this.memDirChecked = true;
     }
+  }
+
+  /** The user QEMU runs as for this store (qemu/run-as.ts), undefined for forkvm's own. Throws HOST (FORKVM_QEMU_USER unusable). */
+  qemuUser(): QemuUser | undefined {
+    return qemuUser(this.home, this.memDir);
   }
 
   private memDirChecked = false;
@@ -133,6 +142,7 @@ export class Store {
       if ((err as NodeJS.ErrnoException).code === "EEXIST") return false;
       throw err;
     }
+    if (kind !== "pools") grantQemu(this.qemuUser(), dir, "dir"); // QEMU reaches its sockets and disks there
     writeRecord(path.join(dir, RESERVATION_FILE), { by: selfRef(), at: new Date().toISOString() });
     return true;
   }
@@ -221,7 +231,36 @@ export class Store {
     }
     const parsed = schema.safeParse(json);
     if (!parsed.success) throw new ForkvmError("STATE", `Cannot read ${file}: invalid manifest: ${parsed.error.issues.slice(0, 5).map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`, { details: { file, problem: "damaged" } });
+    const stray = this.strayPaths(kind, name, parsed.data as Record<string, unknown>);
+    if (stray.length) {
+      // A manifest is only trusted with paths where the store itself puts files: forkvm deletes and
+      // renames what a manifest names, so one that names a path elsewhere is damaged, never obeyed.
+      throw new ForkvmError("STATE", `Cannot read ${file}: it names ${stray.map((x) => `${x.field} ${JSON.stringify(x.path)}`).join(", ")} outside ${this.dir(kind, name)} and ${this.memDir}; the file is damaged`, { details: { file, problem: "damaged", stray } });
+    }
     return parsed.data;
+  }
+
+  /**
+   * The files a manifest names that forkvm may delete or move, where they are not the store's own:
+   * a VM's or template's directory, or the memory directory (a child maps its template's image there).
+   */
+  private strayPaths(kind: Kind, name: string, m: Record<string, unknown>): Array<{ field: string; path: string }> {
+    const own = this.dir(kind, name);
+    const inside = (p: string, root: string) => { const rel = path.relative(root, path.resolve(p)); return rel !== "" && !rel.startsWith("..") && !path.isAbsolute(rel); };
+    const ok = (p: string) => inside(p, own) || inside(p, this.memDir);
+    const out: Array<{ field: string; path: string }> = [];
+    for (const field of ["memoryPath", "diskPath", "statePath"]) {
+      const p = m[field];
+      if (typeof p === "string" && !ok(p)) out.push({ field, path: p });
+    }
+    const op = m.op as { moved?: Array<{ from: string; to: string }> } | undefined;
+    for (const [i, mv] of (op?.moved ?? []).entries()) {
+      // A capture moves a parent's files into the template being made.
+      const template = (m.op as { template?: string }).template;
+      const intoTemplate = (p: string) => template !== undefined && NAME_RE.test(template) && inside(p, this.dir("templates", template));
+      for (const end of ["from", "to"] as const) if (!ok(mv[end]) && !intoTemplate(mv[end])) out.push({ field: `op.moved[${i}].${end}`, path: mv[end] });
+    }
+    return out;
   }
 
   /**
@@ -555,16 +594,25 @@ function opFor(m: VmManifest): VmManifest["op"] {
 /**
  * Makes the memory directory (0700, parents too) or checks an existing one: a real directory (not
  * a link) owned by this user with no access for anyone else: guest RAM lives there, and a file
- * another user planted could be a link forkvm's QEMU would follow. Throws HOST naming the directory
- * and what to do.
+ * another user planted could be a link forkvm's QEMU would follow. With `qemuGid` (QEMU runs as
+ * its own user) a 0700 directory becomes 0710 with that group, and 0710/0750 with it are accepted.
+ * Throws HOST naming the directory and what to do.
  */
-export function privateMemDir(dir: string): void {
+export function privateMemDir(dir: string, qemuGid?: number): void {
   try {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw new ForkvmError("HOST", `Cannot create memory directory ${dir}: ${messageOf(err)}`, { cause: err, details: { memDir: dir } });
   }
-  const st = fs.lstatSync(dir);
+  let st = fs.lstatSync(dir);
+  // QEMU running as its own user (qemu/run-as.ts) reopens a child's delta disk here: the directory
+  // may grant that user's group search (0710) or search and listing (0750), nothing more, no one else.
+  if (qemuGid !== undefined && st.isDirectory() && st.uid === process.getuid?.() && (st.mode & 0o7777) === 0o700) {
+    fs.lchownSync(dir, -1, qemuGid);
+    fs.chmodSync(dir, 0o710);
+    st = fs.lstatSync(dir);
+  }
+  const groupOnly = qemuGid !== undefined && st.gid === qemuGid && ((st.mode & 0o077) === 0o010 || (st.mode & 0o077) === 0o050);
   const uid = process.getuid?.();
   const refuse = (why: string, fix: string) =>
     new ForkvmError("HOST", `Cannot use memory directory ${dir}: ${why}; ${fix}`, { details: { memDir: dir, mode: st.mode & 0o7777, uid: st.uid } });
@@ -573,5 +621,5 @@ export function privateMemDir(dir: string): void {
   if (uid !== undefined && st.uid !== uid) throw refuse(`it belongs to uid ${st.uid}, not to you (uid ${uid}): another user may read or replace guest memory there`, `find out who made it and remove it, ${elsewhere}`);
   const mode = (st.mode & 0o7777).toString(8).padStart(4, "0");
   if (st.mode & 0o022) throw refuse(`its mode is ${mode}: other users can create files there (forkvm would follow a link planted there) and their files are not forkvm's`, `set FORKVM_MEMDIR to a directory of your own in it (e.g. FORKVM_MEMDIR=${path.join(dir, `forkvm-${process.env.USER || uid}`)}: forkvm creates it 0700)`);
-  if (st.mode & 0o077) throw refuse(`its mode is ${mode}: other users may read guest memory there`, `if nothing in it is anyone else's, chmod 700 ${dir}, ${elsewhere}`);
+  if (st.mode & 0o077 && !groupOnly) throw refuse(`its mode is ${mode}: other users may read guest memory there`, `if nothing in it is anyone else's, chmod 700 ${dir}, ${elsewhere}`);
 }

@@ -14,7 +14,7 @@ const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "pool-own-"));
 function child(e: Engine, name: string, extra: Partial<VmManifest> = {}): void {
   e.store.reserve("vms", name);
   e.store.writeVm({
-    version: 1, kind: "vm", name, role: "child", createdAt: new Date().toISOString(), state: "stopped", token: "t0", memoryPath: "/nonexistent",
+    version: 1, kind: "vm", name, role: "child", createdAt: new Date().toISOString(), state: "stopped", token: "0123456789ab", memoryPath: e.store.memoryPath("vms", name),
     mac: "52:54:00:00:00:01", hostname: name, forwards: [], startedBy: "fork", persistent: false, template: { name: "t", generation: "g1" },
     shape: { accel: "tcg", machine: "pc", memoryMiB: 128, vcpus: 1, kernel: "k", initrd: "i", cmdline: "", disk: false, nic: true },
     ...extra,
