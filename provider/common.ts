@@ -62,6 +62,19 @@ function without(v: unknown): unknown {
  * replaced by `placeholders` (for required properties) while parsing and put back afterwards.
  * Returns the parsed inputs (defaults applied) or failures that name the property.
  */
+const MAX_INPUT_DEPTH = 32;
+
+/** The first property (as users write it) of `v` nested deeper than `max`, without recursion; undefined when none is. */
+function deeperThan(v: unknown, max: number): string | undefined {
+  const stack: Array<{ v: unknown; path: Path }> = [{ v, path: [] }];
+  while (stack.length) {
+    const { v: x, path } = stack.pop()!;
+    if (path.length > max) return pathString(path.slice(0, max + 1)) || "(inputs)";
+    if (x && typeof x === "object") for (const [k, y] of Object.entries(x)) stack.push({ v: y, path: [...path, Array.isArray(x) ? Number(k) : k] });
+  }
+  return undefined;
+}
+
 export function parseInputs<S extends z.ZodType>(
   schema: S,
   news: Record<string, unknown>,
@@ -69,6 +82,9 @@ export function parseInputs<S extends z.ZodType>(
 ): { inputs?: z.output<S> & Record<string, unknown>; failures: CheckFailure[] } {
   const { __provider: _provider, ...given } = news;
   news = given;
+  // No input of ours nests deeper than a few levels; a hostile one would overflow the recursions below.
+  const tooDeep = deeperThan(news, MAX_INPUT_DEPTH);
+  if (tooDeep) return { failures: [{ property: tooDeep, reason: `nested deeper than ${MAX_INPUT_DEPTH} levels` }] };
   const unknowns = unknownPaths(news);
   const clone = without(news) as Record<string, unknown>;
   for (const [k, v] of Object.entries(placeholders)) if (isUnknown(news[k])) clone[k] = v;

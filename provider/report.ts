@@ -161,7 +161,8 @@ type Path = Array<string | number>;
 function at(v: unknown, path: Path): unknown {
   let o: any = v;
   for (const p of path) {
-    if (o === null || typeof o !== "object") return undefined;
+    // A path comes from the hidden __secrets input: only strings and numbers are keys.
+    if (o === null || typeof o !== "object" || (typeof p !== "string" && typeof p !== "number")) return undefined;
     o = o[p];
   }
   return o;
