@@ -46,7 +46,7 @@ export interface InstanceSpec {
   egress?: Egress;
   /** Extra kernel parameters appended to the shape's cmdline (ignored on incoming forks). */
   kernelArgs?: string[];
-  /** Start waiting for a checkpoint (`-incoming defer`). */
+  /** Start waiting for a checkpoint: on `vmPaths(dir).incoming` from the start with `runAs`, else `-incoming defer` (the caller's migrate-incoming). */
   incoming?: boolean;
   /** Keep the guest paused until `cont` (-S). */
   paused?: boolean;
@@ -54,6 +54,8 @@ export interface InstanceSpec {
   tbSizeMiB?: number;
   /** Caps on what this QEMU takes from the host: CPU and memory (a cgroup, qemu/process.ts), disk I/O (here). */
   limits?: ResourceLimits;
+  /** The unprivileged user QEMU switches to once its files are open (`-runas`, qemu/run-as.ts); undefined: stays as forkvm. */
+  runAs?: { name: string };
 }
 
 /** The shape of engine/spec.ts `Limits` (kept free of zod here). */
@@ -80,6 +82,7 @@ export function vmPaths(dir: string) {
     consoleLog: `${dir}/console.log`,
     agent: `${dir}/agent`,
     pidfile: `${dir}/qemu.pid`,
+    incoming: `${dir}/migrate.sock`,
     log: `${dir}/qemu.log`,
   };
 }
@@ -100,13 +103,21 @@ function escapeOpt(value: string): string {
  * A guest that takes over QEMU keeps these limits (see engine/README.md, "Not guaranteed / limits").
  */
 export const SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+/**
+ * With -runas: QEMU installs its filter before it calls setgid/initgroups/setuid, and both
+ * `elevateprivileges=deny` and `=children` forbid those calls (QEMU dies of SIGSYS), so the flag
+ * goes. The unprivileged QEMU holds no capabilities and spawn=deny (no exec of a setuid binary,
+ * no_new_privs) keeps it from gaining any.
+ */
+export const SANDBOX_RUNAS = "on,obsolete=deny,spawn=deny,resourcecontrol=deny";
 
 export function machineArgs(shape: MachineShape, inst: InstanceSpec): string[] {
   const mem = inst.memory;
   const args = [
     "-name", `${processName(inst.token)},debug-threads=off`,
     "-nodefaults", "-no-user-config", "-display", "none",
-    "-sandbox", SANDBOX,
+    "-sandbox", inst.runAs ? SANDBOX_RUNAS : SANDBOX,
+    ...(inst.runAs ? ["-runas", inst.runAs.name] : []),
     "-accel", shape.accel === "tcg" && inst.tbSizeMiB ? `tcg,tb-size=${inst.tbSizeMiB}` : shape.accel,
     "-machine", `${shape.machine},memory-backend=mem`,
   ];
@@ -176,7 +187,9 @@ export function deviceArgs(shape: MachineShape, inst: InstanceSpec): string[] {
 /** The whole argv (without the binary) for one VM instance. */
 export function qemuArgv(shape: MachineShape, inst: InstanceSpec): string[] {
   const args = [...machineArgs(shape, inst), ...bootArgs(shape, inst), ...controlArgs(inst), ...deviceArgs(shape, inst)];
-  if (inst.incoming) args.push("-incoming", "defer");
+  // With -runas the socket is bound at startup, while QEMU is still root (an unprivileged QEMU
+  // could only bind it in a directory it may write); otherwise the caller sends migrate-incoming.
+  if (inst.incoming) args.push("-incoming", inst.runAs ? `unix:${vmPaths(inst.dir).incoming}` : "defer"); // a URI: no option escaping
   if (inst.paused) args.push("-S");
   return args;
 }
