@@ -39,6 +39,7 @@ export async function bootVm(ctx: Ctx, vm: VmManifest, deadlineMs: number, undo:
   const { pid, qmp } = await startInstance(vm.shape, {
     token, dir, memory: { path: memoryPath, share: true }, diskPath: vm.diskPath,
     mac: vm.mac, forwards: vm.forwards, egress: vm.egress ?? "nat", kernelArgs: [`forkvm.hostname=${vm.hostname}`, ...kernelArgs], limits: vm.limits,
+    runAs: ctx.store.qemuUser(),
   });
   qmp.close();
   spawned = pid;

@@ -8,6 +8,7 @@ import { randomBytes } from "node:crypto";
 import { pipeline } from "node:stream/promises";
 import { ForkvmError, messageOf } from "../errors";
 import { fsyncDir } from "../util/atomic-write";
+import { grantQemu, type QemuUser } from "../qemu/run-as";
 
 export interface Receiver {
   /** What to give QEMU's `migrate` command. */
@@ -25,10 +26,11 @@ const CREATE_NEW = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O
  * Listens on `sock` for one QEMU migration stream and writes it to `file` (mode 0600). Atomic
  * (the default): a temp file (`<file>.tmp-<pid>-<hex>`, what gc knows as a dead write's), fsync,
  * rename, so `file` is whole or absent; otherwise straight into `file` (made anew), for a file
- * that only this process reads afterwards. `done` rejects with MIGRATION when the stream breaks
- * or the file cannot be written.
+ * that only this process reads afterwards. `qemu`: the user QEMU runs as (qemu/run-as.ts), given
+ * write on the socket. `done` rejects with MIGRATION when the stream breaks or the file cannot be
+ * written.
  */
-export async function receiveToFile(sock: string, file: string, opts: { atomic?: boolean } = {}): Promise<Receiver> {
+export async function receiveToFile(sock: string, file: string, opts: { atomic?: boolean; qemu?: QemuUser } = {}): Promise<Receiver> {
   fs.rmSync(sock, { force: true });
   const atomic = opts.atomic ?? true;
   const tmp = atomic ? `${file}.tmp-${process.pid}-${randomBytes(4).toString("hex")}` : file;
@@ -72,6 +74,8 @@ export async function receiveToFile(sock: string, file: string, opts: { atomic?:
   }).catch((err) => {
     throw new ForkvmError("MIGRATION", `Cannot listen on ${sock} for a migration stream: ${messageOf(err)}`, { cause: err });
   });
+  // A QEMU that dropped root connects with its group (qemu/run-as.ts): told the URI only after this.
+  grantQemu(opts.qemu, sock, "rw");
   server.on("error", fail);
   return {
     uri: `unix:${sock}`,

@@ -10,6 +10,8 @@ import type { TemplateManifest, VmManifest } from "../state/manifest";
 import { copyDisk, createDisk, isAlive, killQemu } from "../qemu/process";
 import { livePid } from "../qemu/find";
 import { waitStatus } from "../qemu/wait";
+import { vmPaths } from "../qemu/argv";
+import { grantQemu } from "../qemu/run-as";
 import { run } from "../util/run";
 import { fault } from "../util/fault";
 import type { Undo } from "../undo";
@@ -50,6 +52,7 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
   const t0 = process.hrtime.bigint();
   const ms = () => Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100;
   const full = vm.clone === "full";
+  const runAs = ctx.store.qemuUser(); // QEMU drops root to this user (qemu/run-as.ts), or stays as forkvm
   if (vm.diskPath) {
     fs.rmSync(vm.diskPath, { force: true });
     const proto = overlayPrototypePath(t);
@@ -57,6 +60,8 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
     // EXCL: never written through a link someone put at the path.
     else if (fs.existsSync(proto)) fs.copyFileSync(proto, vm.diskPath, fs.constants.COPYFILE_EXCL);
     else await createDisk(vm.diskPath, { backing: t.diskPath });
+    // QEMU reopens a forked child's disk read-write at `cont`, after it dropped root (qemu/run-as.ts).
+    grantQemu(runAs, vm.diskPath, "rw");
     const disk = vm.diskPath;
     if (!vm.persistent) undo.push("remove delta disk", () => fs.rmSync(disk, { force: true }));
   }
@@ -83,14 +88,14 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
   undo.push("kill QEMU", () => killQemu(spawned ?? livePid(undefined, token), token, 500));
   const { pid, qmp } = await startInstance(t.shape, {
     token, dir, memory: { path: vm.memoryPath, share: full }, diskPath: vm.diskPath, mac: vm.mac, forwards: vm.forwards, egress: vm.egress ?? "nat", incoming: true,
-    tbSizeMiB: CHILD_TB_SIZE_MIB, limits: vm.limits,
+    tbSizeMiB: CHILD_TB_SIZE_MIB, limits: vm.limits, runAs,
   });
   spawned = pid;
   vm.pid = pid;
   ctx.store.writeVm(vm);
   fault("fork:spawned");
   const spawnMs = ms();
-  const sock = path.join(dir, "migrate.sock");
+  const sock = vmPaths(dir).incoming;
   let loadedMs = 0;
   try {
     await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: true }] });
@@ -99,9 +104,12 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
     // child announces its own new MAC when the identity step sets it.
     await qmp.execute("migrate-set-parameters", { "announce-rounds": 0 });
     // The checkpoint goes from here into QEMU's socket: no `exec:cat` (a shell and a cat forked
-    // off QEMU's large address space), ~10 ms less per child.
-    fs.rmSync(sock, { force: true });
-    await qmp.execute("migrate-incoming", { uri: `unix:${sock}` });
+    // off QEMU's large address space), ~10 ms less per child. An unprivileged QEMU (runAs) listens
+    // there since it started: it bound the socket as root.
+    if (!runAs) {
+      fs.rmSync(sock, { force: true });
+      await qmp.execute("migrate-incoming", { uri: `unix:${sock}` });
+    }
     const sent = sendCheckpoint(sock, state ?? fs.readFileSync(t.statePath));
     sent.catch(() => undefined); // QEMU's own failure (below) says more; the send is awaited after
     await waitStatus(qmp, ["paused", "running"], 30_000, () => isAlive(pid, token), `load the checkpoint into ${vm.name}`);

@@ -18,6 +18,7 @@ import { fsInfo } from "../host";
 import { createDisk, isAlive, killQemu, qemuImgBinary } from "../qemu/process";
 import { Qmp } from "../qemu/qmp";
 import { vmPaths, type MachineShape } from "../qemu/argv";
+import { grantQemu, type QemuUser } from "../qemu/run-as";
 import { waitMigration, waitStatus } from "../qemu/wait";
 import { Undo } from "../undo";
 import { sha256 } from "../util/hash";
@@ -77,8 +78,8 @@ async function migrateInto(qmp: Qmp, rx: Receiver, deadlineMs: number, what: str
  * Saves the device state of a paused VM whose RAM is in a shared file (x-ignore-shared) to
  * `statePath`, through a unix socket in `sockDir` the engine listens on (QEMU may not fork).
  */
-async function saveCheckpoint(qmp: Qmp, sockDir: string, statePath: string, what: string): Promise<void> {
-  const rx = await receiveToFile(path.join(sockDir, "save.sock"), statePath);
+async function saveCheckpoint(qmp: Qmp, sockDir: string, statePath: string, what: string, qemu: QemuUser | undefined): Promise<void> {
+  const rx = await receiveToFile(path.join(sockDir, "save.sock"), statePath, { qemu });
   try {
     await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: true }] });
     await qmp.execute("migrate", { uri: rx.uri });
@@ -279,7 +280,7 @@ async function freeze(ctx: Ctx, parent: VmManifest, name: string, prep: Prepared
     await qmp.execute("stop");
     undo.push("resume the parent", () => qmp.execute("cont").catch(() => undefined));
     faultPoint("frozen-paused");
-    await saveCheckpoint(qmp, pdir, prep.statePath, `save the checkpoint of ${parent.name}`);
+    await saveCheckpoint(qmp, pdir, prep.statePath, `save the checkpoint of ${parent.name}`, ctx.store.qemuUser());
     freezeMs = Date.now() - t0;
     // The guest is stopped: its memory file no longer changes. Copy it to disk now, while a
     // failure (a full disk) can still resume the parent.
@@ -336,7 +337,7 @@ async function freeze(ctx: Ctx, parent: VmManifest, name: string, prep: Prepared
  * point the parent's disk name is either its disk or an overlay on it, so the parent's manifest
  * never changes and a crash loses none of its writes.
  */
-async function prepareDiskSwap(qmp: Qmp, parent: VmManifest, prep: Prepared, undo: Undo): Promise<{ swap: () => Promise<void> }> {
+async function prepareDiskSwap(qmp: Qmp, parent: VmManifest, prep: Prepared, undo: Undo, qemu: QemuUser | undefined): Promise<{ swap: () => Promise<void> }> {
   const disk = parent.diskPath!;
   const pdir = path.dirname(disk);
   const blocks = await qmp.execute<Array<{ device: string; inserted?: { image?: { "virtual-size"?: number } } }>>("query-block");
@@ -351,6 +352,7 @@ async function prepareDiskSwap(qmp: Qmp, parent: VmManifest, prep: Prepared, und
   undo.push("remove the prepared overlay", () => fs.rmSync(next, { force: true }));
   // -u: the base is open read-write in the parent's QEMU, so qemu-img must not open it.
   await run(qemuImgBinary(), ["create", "-q", "-f", "qcow2", "-u", "-b", base, "-F", "qcow2", next, String(size)], { what: `create the overlay of ${parent.name}` });
+  grantQemu(qemu, next, "rw"); // the parent's QEMU opens it after it dropped root (qemu/run-as.ts)
   return {
     swap: async () => {
       fs.renameSync(next, disk);
@@ -368,8 +370,9 @@ async function liveCapture(ctx: Ctx, parent: VmManifest, args: z.infer<typeof Te
   undo.push("remove the migration stream", () => fs.rmSync(stream, { force: true }));
   const qmp = await Qmp.connect(vmPaths(pdir).qmp, 5000, () => isAlive(parent.pid, parent.token));
   undo.push("close the parent's monitor", () => qmp.close());
-  const disk = parent.diskPath ? await prepareDiskSwap(qmp, parent, prep, undo) : undefined;
-  const rx = await receiveToFile(path.join(pdir, "save.sock"), stream, { atomic: false }); // only the builder reads it
+  const qemu = store.qemuUser();
+  const disk = parent.diskPath ? await prepareDiskSwap(qmp, parent, prep, undo, qemu) : undefined;
+  const rx = await receiveToFile(path.join(pdir, "save.sock"), stream, { atomic: false, qemu }); // only the builder reads it
   undo.push("stop receiving the stream", () => rx.close());
   // Should this process die while the parent is paused, gc (or start) resumes it.
   const mark = beginCapture(ctx, parent, args.name, "running");
@@ -413,26 +416,29 @@ async function liveCapture(ctx: Ctx, parent: VmManifest, args: z.infer<typeof Te
   fs.rmSync(prep.memoryPath, { force: true }); // a leftover: the name's directory was just reserved
   undo.push("remove template memory", () => fs.rmSync(prep.memoryPath, { force: true }));
   const bdir = path.join(dir, "builder");
-  fs.mkdirSync(bdir);
+  fs.mkdirSync(bdir, { mode: 0o700 });
+  grantQemu(qemu, bdir, "dir");
   const scratch = path.join(bdir, "scratch.qcow2");
   if (prep.diskPath) await createDisk(scratch, { backing: prep.diskPath });
+  if (prep.diskPath) grantQemu(qemu, scratch, "rw"); // reopened after the load, like a child's disk
   const token = newToken();
   const { pid, qmp: bq } = await startInstance(parent.shape, {
     token, dir: bdir, memory: { path: prep.memoryPath, share: true }, diskPath: prep.diskPath ? scratch : undefined,
     mac: parent.mac, forwards: [], incoming: true, paused: true,
     // No way out for the builder: every VM carries the same (restricted) user-mode network whose
     // state the checkpoint holds, so egress only adds a passt the builder never uses.
-    egress: "none",
+    egress: "none", runAs: qemu,
   });
   undo.push("kill the builder", () => killQemu(pid, token, 500));
-  const load = path.join(bdir, "load.sock");
+  const load = vmPaths(bdir).incoming;
   try {
-    await bq.execute("migrate-incoming", { uri: `unix:${load}` });
+    // An unprivileged builder (qemu/run-as.ts) listens there since it started (bound as root).
+    if (!qemu) await bq.execute("migrate-incoming", { uri: `unix:${load}` });
     const sent = sendCheckpoint(load, { file: stream });
     sent.catch(() => undefined); // QEMU's own failure (below) says more; the send is awaited after
     await waitStatus(bq, ["paused"], 120_000, () => isAlive(pid, token), "load the live capture into the builder");
     await sent;
-    await saveCheckpoint(bq, bdir, prep.statePath, "save the template checkpoint from the builder");
+    await saveCheckpoint(bq, bdir, prep.statePath, "save the template checkpoint from the builder", qemu);
   } catch (err) {
     throw qemuFailure(bdir, `build template ${args.name}`, err);
   } finally {
