@@ -44,6 +44,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
   quietly "install ${missing[*]}" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The account QEMU drops root to when forkvm runs as root (engine/qemu/run-as.ts). Never fatal:
+# without it QEMU runs as root under its seccomp sandbox (engine/README.md, limits).
+if [ "$(id -u)" -eq 0 ] && ! getent passwd forkvm-qemu >/dev/null 2>&1; then
+  if useradd --system --no-create-home --shell /usr/sbin/nologin forkvm-qemu >/dev/null 2>&1; then
+    say "created user forkvm-qemu (QEMU drops root to it)"
+  else
+    say "could not create user forkvm-qemu: QEMU will run as root"
+  fi
+fi
+
 if [ ! -d node_modules/uvu ] || [ ! -d node_modules/zod ]; then
   command -v npm >/dev/null 2>&1 || die "cannot install npm dependencies: npm not found (forkvm needs Node.js >= 20)"
   say "installing npm dependencies"
