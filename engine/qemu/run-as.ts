@@ -51,6 +51,12 @@ function ancestors(dir: string): string[] {
   }
 }
 
+/** The primary group of the forkvm-qemu account when it exists (and is not root's): the one group a memory directory may grant. */
+export function qemuAccountGid(): number | undefined {
+  const user = lookup(QEMU_USER);
+  return user && user.uid !== 0 && user.gid !== 0 ? user.gid : undefined;
+}
+
 const cache = new Map<string, QemuUser | undefined>();
 
 /**

@@ -13,7 +13,7 @@ import { ForkvmError, messageOf } from "../errors";
 import { checkName, NAME_RE } from "../spec";
 import { writeFileAtomic } from "../util/atomic-write";
 import { isLive, selfRef, type ProcessRef } from "../qemu/find";
-import { grantQemu, qemuUser, type QemuUser } from "../qemu/run-as";
+import { grantQemu, qemuAccountGid, qemuUser, type QemuUser } from "../qemu/run-as";
 import { MANIFEST_VERSION, PoolManifest, ProcessRecord, TemplateManifest, VmManifest } from "./manifest";
 
 export type Kind = "vms" | "templates" | "pools";
@@ -595,7 +595,8 @@ function opFor(m: VmManifest): VmManifest["op"] {
  * Makes the memory directory (0700, parents too) or checks an existing one: a real directory (not
  * a link) owned by this user with no access for anyone else: guest RAM lives there, and a file
  * another user planted could be a link forkvm's QEMU would follow. With `qemuGid` (QEMU runs as
- * its own user) a 0700 directory becomes 0710 with that group, and 0710/0750 with it are accepted.
+ * its own user) a 0700 directory becomes 0710 with that group; 0710/0750 with it, or with the
+ * forkvm-qemu account's group, are accepted.
  * Throws HOST naming the directory and what to do.
  */
 export function privateMemDir(dir: string, qemuGid?: number): void {
@@ -612,7 +613,9 @@ export function privateMemDir(dir: string, qemuGid?: number): void {
     fs.chmodSync(dir, 0o710);
     st = fs.lstatSync(dir);
   }
-  const groupOnly = qemuGid !== undefined && st.gid === qemuGid && ((st.mode & 0o077) === 0o010 || (st.mode & 0o077) === 0o050);
+  // The group may be the one given or the forkvm-qemu account's (so gc and FORKVM_QEMU_USER=root accept what a QEMU-user run made).
+  const qemuGroups = [qemuGid, qemuAccountGid()].filter((g) => g !== undefined);
+  const groupOnly = qemuGroups.includes(st.gid) && ((st.mode & 0o077) === 0o010 || (st.mode & 0o077) === 0o050);
   const uid = process.getuid?.();
   const refuse = (why: string, fix: string) =>
     new ForkvmError("HOST", `Cannot use memory directory ${dir}: ${why}; ${fix}`, { details: { memDir: dir, mode: st.mode & 0o7777, uid: st.uid } });
