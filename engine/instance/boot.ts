@@ -7,6 +7,7 @@ import type { VmManifest } from "../state/manifest";
 import { isAlive, killQemu, tail } from "../qemu/process";
 import { livePid } from "../qemu/find";
 import { vmPaths } from "../qemu/argv";
+import { grantQemu } from "../qemu/run-as";
 import { fault } from "../util/fault";
 import type { AgentClient } from "../guest/client";
 import type { Undo } from "../undo";
@@ -36,10 +37,14 @@ export async function bootVm(ctx: Ctx, vm: VmManifest, deadlineMs: number, undo:
   undo.push("remove memory file", () => fs.rmSync(memoryPath, { force: true }));
   // Made here, not by QEMU: QEMU follows a link planted at mem-path (and grows and maps its target).
   ctx.store.createMemFile(memoryPath, vm.shape.memoryMiB * 1048576);
+  const runAs = ctx.store.qemuUser();
+  // QEMU reopens the disk read-write when it resumes after a completed migration (a capture that
+  // failed after its checkpoint), by then as its own user (qemu/run-as.ts).
+  if (vm.diskPath) grantQemu(runAs, vm.diskPath, "rw");
   const { pid, qmp } = await startInstance(vm.shape, {
     token, dir, memory: { path: memoryPath, share: true }, diskPath: vm.diskPath,
     mac: vm.mac, forwards: vm.forwards, egress: vm.egress ?? "nat", kernelArgs: [`forkvm.hostname=${vm.hostname}`, ...kernelArgs], limits: vm.limits,
-    runAs: ctx.store.qemuUser(),
+    runAs,
   });
   qmp.close();
   spawned = pid;

@@ -161,6 +161,22 @@ test("a parent runs as forkvm-qemu under seccomp; the home and memory directory 
   assert.is(fs.statSync(path.join(home, "pools")).mode & 0o077, 0, "pools/ is not QEMU's");
 }));
 
+test("a frozen capture that fails after its checkpoint resumes the parent, which writes its disk again (QEMU reopened it unprivileged)", deadline(60_000, async () => {
+  if (!able) return;
+  process.env.FORKVM_TEST_FAULT = "frozen-saved";
+  try {
+    await engine.createTemplate({ name: "t-fail", parent: "p", source: "frozen", quiesceTimeoutMs: 0 });
+    assert.unreachable("the fault should fail the capture");
+  } catch (err) {
+    assert.match((err as Error).message, "frozen-saved");
+  } finally {
+    delete process.env.FORKVM_TEST_FAULT;
+  }
+  assert.is(engine.vm("p").status, "running");
+  unprivileged("p");
+  assert.is(await sh("p", "echo resumed > /data/resumed && sync && cat /data/resumed /data/keep"), "resumed\nprecious");
+}));
+
 test("a running capture: the parent goes on unprivileged on its new overlay, and a child of it runs", deadline(120_000, async () => {
   if (!able) return;
   // The builder QEMU lives for a second or two: sample its identity while the capture runs (the
