@@ -48,8 +48,11 @@ test("the argv arrives exactly, in a new session, with the log as stdout and std
   pids.push(pid);
   await waitFor(() => cmdline(pid)[0] === "sleep");
   assert.is(sessionOf(pid), pid, "session leader of its own session");
-  const log = fs.readFileSync(path.join(dir, "qemu.log"), "utf8");
-  assert.is(log, "a b|it's|$HOME|back\\slash||\nerr\n");
+  // stderr and stdout reach qemu.log through the log capper, a moment after QEMU wrote them.
+  const file = path.join(dir, "qemu.log");
+  const want = "a b|it's|$HOME|back\\slash||\nerr\n";
+  await waitFor(() => fs.existsSync(file) && fs.readFileSync(file, "utf8") === want).catch(() => undefined);
+  assert.is(fs.readFileSync(file, "utf8"), want);
 });
 
 test("many spawns at once each get their own pid", async () => {
