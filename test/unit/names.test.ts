@@ -9,6 +9,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { Engine } from "../../engine/engine";
 import { ForkvmError } from "../../engine/errors";
+import { ParentArgs, parseArgs } from "../../engine/spec";
 import * as parentVm from "../../provider/parent-vm";
 import * as template from "../../provider/template";
 import * as pool from "../../provider/instant-clone-pool";
@@ -180,6 +181,15 @@ test("the CLI: rm ../../.., rm \"\", rm . and friends exit 2 naming the name; no
   assert.equal(engine.listVms().map((v) => v.name), ["par", "v"]);
   assert.equal(engine.listPools().map((p) => p.name), ["pl"]);
 }));
+
+// Found by this suite and reported (engine/spec.ts is shared, engine/image the lead's); un-skip when fixed.
+test.skip("KNOWN BUG: an image name is a path: ParentArgs.image \"../../x\" resolves outside the image cache (engine/image/catalogue.ts imageDir)", () => {
+  for (const image of ["../../x", "/etc", "a/b", ".."]) {
+    const err = (() => { try { parseArgs(ParentArgs, { name: "web", image }, "create parent"); } catch (e) { return e; } return undefined; })();
+    assert.instance(err, ForkvmError, `image ${JSON.stringify(image)} was accepted`);
+    assert.is((err as ForkvmError).details.field, "image");
+  }
+});
 
 test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
