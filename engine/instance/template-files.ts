@@ -169,7 +169,7 @@ export async function saveMemoryImage(from: string, to: string): Promise<{ sha25
     await dst.sync();
     await dst.close();
     dst = undefined;
-    fs.chmodSync(tmp, 0o444);
+    fs.chmodSync(tmp, 0o400); // owner-only, like the template's other files (ops/template.ts makeReadOnly)
     fs.renameSync(tmp, to);
     fsyncDir(path.dirname(to));
     return { sha256: digest.digest(), dataBytes: digest.dataBytes };
@@ -274,7 +274,7 @@ function copyBack(store: Store, t: TemplateManifest, img: NonNullable<TemplateMa
     if (digest.digest() !== img.sha256) {
       throw new ForkvmError("STATE", `Cannot restore the memory image of template ${t.name}: ${img.path} does not match its checksum; the template must be captured again`, { details: { problems: ["memory image checksum"] } });
     }
-    fs.fchmodSync(dst, 0o444);
+    fs.fchmodSync(dst, 0o400); // owner-only, like the template's other files (ops/template.ts makeReadOnly)
     fs.closeSync(dst);
     dst = undefined;
     fs.renameSync(tmp, t.memoryPath);

@@ -248,9 +248,13 @@ function templateOf(parent: VmManifest, name: string, source: "frozen" | "runnin
   };
 }
 
-/** The template's files are read-only: nothing may write them once children map them. */
+/**
+ * The template's files are read-only: nothing may write them once children map them. Owner-only
+ * (0400): a QEMU that dropped root (qemu/run-as.ts) never opens them after the drop, so it cannot
+ * read another template's memory, checkpoint or disk either.
+ */
 function makeReadOnly(t: TemplateManifest): void {
-  for (const f of [t.memoryPath, t.statePath, t.diskPath]) if (f) fs.chmodSync(f, 0o444);
+  for (const f of [t.memoryPath, t.statePath, t.diskPath]) if (f) fs.chmodSync(f, 0o400);
 }
 
 /**

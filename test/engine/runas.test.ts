@@ -216,6 +216,18 @@ test("a frozen capture, a fork of 2 (writable delta disks in the memory director
     const disk = fs.statSync(engine.vm(c).diskPath!);
     assert.equal([disk.mode & 0o7777, disk.gid], [0o660, user!.gid], `${c}'s delta disk`);
   }
+  // What QEMU's user could read: the children's disks (its group), and files that hold nothing
+  // private (kernel and initrd copies, the empty overlay, sockets it cannot connect to without
+  // write, QEMU's and the console's logs: see engine/README.md). No template file at all.
+  const walk = (d: string): string[] => fs.readdirSync(d, { withFileTypes: true }).flatMap((e) => e.isDirectory() ? walk(path.join(d, e.name)) : [path.join(d, e.name)]);
+  const exposed = [...walk(home), ...walk(memDir)].filter((f) => {
+    const st = fs.lstatSync(f);
+    if (!(st.mode & 0o066)) return false;
+    if (st.gid === user!.gid && (st.mode & 0o7777) === 0o660 && /\/vms-c-\d\.qcow2$/.test(f)) return false;
+    return !/\/(kernel|initrd|overlay\.qcow2|qemu\.log|console\.log|qmp\.sock|console\.sock|net\.sock)$/.test(f) || !!(st.mode & 0o022);
+  });
+  assert.equal(exposed, [], "files others or QEMU's group may read or write");
+  for (const f of [t.memoryPath, t.statePath, t.diskPath!, t.memoryImage!.path]) assert.is(fs.statSync(f).mode & 0o7777, 0o400, f);
   const before = engine.vm("c-1").pid;
   await engine.reset("c-1");
   assert.is.not(engine.vm("c-1").pid, before);
