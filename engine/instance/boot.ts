@@ -41,6 +41,7 @@ export async function bootVm(ctx: Ctx, vm: VmManifest, deadlineMs: number, undo:
   // QEMU reopens the disk read-write when it resumes after a completed migration (a capture that
   // failed after its checkpoint), by then as its own user (qemu/run-as.ts).
   if (vm.diskPath) grantQemu(runAs, vm.diskPath, "rw");
+  grantQemu(runAs, dir, "dir"); // also a VM made before QEMU dropped root (its directory 0700)
   const { pid, qmp } = await startInstance(vm.shape, {
     token, dir, memory: { path: memoryPath, share: true }, diskPath: vm.diskPath,
     mac: vm.mac, forwards: vm.forwards, egress: vm.egress ?? "nat", kernelArgs: [`forkvm.hostname=${vm.hostname}`, ...kernelArgs], limits: vm.limits,

@@ -53,6 +53,7 @@ export async function forkInto(ctx: Ctx, t: TemplateManifest, vm: VmManifest, re
   const ms = () => Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100;
   const full = vm.clone === "full";
   const runAs = ctx.store.qemuUser(); // QEMU drops root to this user (qemu/run-as.ts), or stays as forkvm
+  grantQemu(runAs, dir, "dir"); // also a VM made before QEMU dropped root (its directory 0700)
   if (vm.diskPath) {
     fs.rmSync(vm.diskPath, { force: true });
     const proto = overlayPrototypePath(t);
