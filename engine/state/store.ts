@@ -235,19 +235,20 @@ export class Store {
     if (stray.length) {
       // A manifest is only trusted with paths where the store itself puts files: forkvm deletes and
       // renames what a manifest names, so one that names a path elsewhere is damaged, never obeyed.
-      throw new ForkvmError("STATE", `Cannot read ${file}: it names ${stray.map((x) => `${x.field} ${JSON.stringify(x.path)}`).join(", ")} outside ${this.dir(kind, name)} and ${this.memDir}; the file is damaged`, { details: { file, problem: "damaged", stray } });
+      throw new ForkvmError("STATE", `Cannot read ${file}: it names ${stray.map((x) => `${x.field} ${JSON.stringify(x.path)}`).join(", ")} outside ${this.home}'s objects and ${this.memDir}; the file is damaged`, { details: { file, problem: "damaged", stray } });
     }
     return parsed.data;
   }
 
   /**
    * The files a manifest names that forkvm may delete or move, where they are not the store's own:
-   * a VM's or template's directory, or the memory directory (a child maps its template's image there).
+   * anything outside the home's object directories and the memory directory. (A consumed parent's
+   * disk lives in its template's directory, a child maps its template's image: paths cross objects
+   * inside the home, never leave it.)
    */
-  private strayPaths(kind: Kind, name: string, m: Record<string, unknown>): Array<{ field: string; path: string }> {
-    const own = this.dir(kind, name);
+  private strayPaths(_kind: Kind, _name: string, m: Record<string, unknown>): Array<{ field: string; path: string }> {
     const inside = (p: string, root: string) => { const rel = path.relative(root, path.resolve(p)); return rel !== "" && !rel.startsWith("..") && !path.isAbsolute(rel); };
-    const ok = (p: string) => inside(p, own) || inside(p, this.memDir);
+    const ok = (p: string) => KINDS.some((k) => inside(p, path.join(this.home, k))) || inside(p, this.memDir);
     const out: Array<{ field: string; path: string }> = [];
     for (const field of ["memoryPath", "diskPath", "statePath"]) {
       const p = m[field];
@@ -255,10 +256,7 @@ export class Store {
     }
     const op = m.op as { moved?: Array<{ from: string; to: string }> } | undefined;
     for (const [i, mv] of (op?.moved ?? []).entries()) {
-      // A capture moves a parent's files into the template being made.
-      const template = (m.op as { template?: string }).template;
-      const intoTemplate = (p: string) => template !== undefined && NAME_RE.test(template) && inside(p, this.dir("templates", template));
-      for (const end of ["from", "to"] as const) if (!ok(mv[end]) && !intoTemplate(mv[end])) out.push({ field: `op.moved[${i}].${end}`, path: mv[end] });
+      for (const end of ["from", "to"] as const) if (!ok(mv[end])) out.push({ field: `op.moved[${i}].${end}`, path: mv[end] });
     }
     return out;
   }
