@@ -213,7 +213,8 @@ export function shQuote(word: string): string {
  * the VM runs on.
  */
 const CAP_SCRIPT =
-  'f=$1; trap "" XFSZ; ulimit -f $(( $2 / 512 )); [ -s "$f" ] && mv -f "$f" "$f.1"; ' +
+  // umask 077: the logs hold what the guest printed; QEMU's own user (qemu/run-as.ts) may enter the VM's directory.
+  'umask 077; f=$1; trap "" XFSZ; ulimit -f $(( $2 / 512 )); [ -s "$f" ] && mv -f "$f" "$f.1"; ' +
   'while ! dd bs=4096 of="$f" 2>/dev/null; do [ -s "$f" ] || break; mv -f "$f" "$f.1"; done';
 const VM_SCRIPT =
   'cap=$1; log=$2; con=$3; cb=$4; lb=$5; shift 5; ' +
