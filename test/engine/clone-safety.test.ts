@@ -1,7 +1,7 @@
 // The clone-safety contract (engine/CLONE-SAFETY.md) on real QEMU, for what test/engine/fork.test.ts
 // does not already prove: what children share with the template and with each other (boot_id,
 // the monotonic clock, user-space RNG state, pids, the guest address, a TCP connection open at
-// capture, /tmp until written) and the resets not tested there (vmgenid's kernel reseed, a
+// capture, a listening server, /tmp until written) and the resets not tested there (vmgenid's kernel reseed, a
 // machine-id that is not the parent's, /etc/hostname, QEMU's own NIC address). One parent boot
 // (256 MiB, TCG), one frozen template, two children; `after` removes everything.
 import { suite } from "uvu";
@@ -36,6 +36,7 @@ const INIT = [
   "(while :; do echo tick; sleep 1; done) | nc -l -p 7001 >/tmp/nc.in 2>/tmp/nc.err &",
   "(awk 'BEGIN { srand(); while (1) { print int(rand() * 1e9); fflush(); system(\"sleep 1\") } }' >/tmp/prng.log 2>&1 &)",
   "echo from-the-parent > /tmp/who",
+  "mkdir -p /www && echo served-by-the-parent > /www/index.html && (httpd -p 7002 -h /www &)",
 ];
 
 /** The established connection to the guest's port 7001 as netstat shows it: "local remote sendq". */
@@ -77,7 +78,7 @@ test.before(deadline(600_000, async () => {
   captureAt = Date.now();
   await engine.createTemplate({ name: "cs-t", parent: "cs-p", source: "frozen", quiesceTimeoutMs: 1000 });
   for (let i = 0; i < 50 && !hostEvents.includes("close"); i++) await sleep(100);
-  const r = await engine.fork({ template: "cs-t", names: KIDS, concurrency: 2 });
+  const r = await engine.fork({ template: "cs-t", names: KIDS, concurrency: 2, forwards: [{ guest: 7002 }] });
   assert.is(r.failed.length, 0, r.failed.map((f) => f.error.message).join("; "));
 }));
 
@@ -162,6 +163,19 @@ test("a TCP connection open at the capture: the host end closes; every child kee
     // The guest's ticks are never acknowledged: its send queue only grows.
     assert.ok(later[i]!.sendQ > 0 && later[i]!.sendQ >= first[i]!.sendQ, `${k}: send queue ${first[i]!.sendQ} -> ${later[i]!.sendQ}`);
     assert.is(await sh(k, "cat /tmp/nc.in"), "hello-from-host", `${k}: nothing reached it since the capture`);
+  }
+}));
+
+test("a server listening at the capture answers in every child, on each child's own forwarded port", deadline(60_000, async () => {
+  const ports = KIDS.map((k) => engine.vm(k).forwards[0]!.host);
+  assert.is(new Set(ports).size, KIDS.length, "a host port per child");
+  for (const [i, port] of ports.entries()) {
+    let body = "";
+    for (let n = 0; n < 50 && !body.includes("served"); n++) {
+      body = await fetch(`http://127.0.0.1:${port}/`).then((x) => x.text(), () => "");
+      if (!body.includes("served")) await sleep(200);
+    }
+    assert.is(body.trim(), "served-by-the-parent", `${KIDS[i]} on 127.0.0.1:${port}`);
   }
 }));
 
