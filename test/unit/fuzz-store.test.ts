@@ -162,8 +162,10 @@ test("hostile manifests: readers and gc give results or ForkvmError; valid objec
 // Deterministic: manifests that name things outside the home (a damaged or hand-edited manifest
 // must never make forkvm touch the host). Each in a fresh home inside its own canary tree.
 
+const worlds: string[] = [];
 function world(tag: string) {
   const t = scratch(`fuzz-store-${tag}`);
+  worlds.push(t); // removed in `after`, also when a test fails
   const wx = path.join(t, "x");
   const h = path.join(wx, "a", "b", "home");
   const m = path.join(wx, "a", "b", "mem");
@@ -275,7 +277,7 @@ test("no longer: rm of a VM whose token is a relative path rmdirs an empty direc
 
 test.after(() => {
   process.chdir(tmp);
-  fs.rmSync(tmp, { recursive: true, force: true });
+  for (const d of [tmp, ...worlds]) fs.rmSync(d, { recursive: true, force: true });
 });
 
 test.run();
