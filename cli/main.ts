@@ -140,10 +140,12 @@ program.command("doctor").description("check QEMU, the accelerator (probed), mem
       ["memory available", mb(r.memory.availableMiB)],
       ["memory images", `${r.memDir.path} (${r.memDir.type}, ${mb(r.memDir.freeMiB)} free)${r.memDir.warning ? ` warning: ${r.memDir.warning}` : ""}`],
       ["state dir", r.home],
+      ["QEMU runs as", `${r.qemuUser.name}: ${r.qemuUser.reason}`],
       ["guest image", r.image.error ?? `${r.image.name}: kernel ${r.image.kernelVersion}, needs ${r.image.minMemoryMiB} MiB`],
     ];
     console.log(table(["check", "result"], lines));
     if (!("error" in r.accel) && r.accel.warning) process.stderr.write(`warning: ${r.accel.warning}\n`);
+    if (r.qemuUser.warning) process.stderr.write(`warning: ${r.qemuUser.warning}\n`);
     return r.ok ? 0 : 1;
   }));
 
