@@ -9,6 +9,8 @@
 #   scripts/soak.sh                      # 5 rounds x 100 children (several minutes on 2 cores)
 #   scripts/soak.sh 3 50                 # rounds, children per round
 #   FORKVM_SOAK_DEADLINE_S=900 FORKVM_SOAK_CONCURRENCY=4 FORKVM_SOAK_FORWARDS=0 scripts/soak.sh
+#   FORKVM_SOAK_MEM_WAIT_S=180           # how long the end waits for MemAvailable to come back (it
+#                                        # returns over tens of seconds after 100 children)
 #   FORKVM_SOAK_JSON=soak.json scripts/soak.sh   # every figure, per round, as JSON
 #
 # It runs in a state directory and memory directory of its own (removed afterwards) and needs the

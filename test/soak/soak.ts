@@ -134,6 +134,13 @@ export interface RoundResult {
   settleMs: number;
 }
 
+/** An error's message with its causes' (what a masked failure hides). */
+function causes(err: unknown): string {
+  const out: string[] = [];
+  for (let e = err; e instanceof Error && out.length < 5; e = (e as { cause?: unknown }).cause) out.push(`${(e as { code?: string }).code ?? e.name}: ${e.message}`);
+  return out.join(" <- caused by ");
+}
+
 function summary(ps: Array<{ what: string }>): string {
   const by = new Map<string, number>();
   for (const p of ps) by.set(path.basename(p.what), (by.get(path.basename(p.what)) ?? 0) + 1);
@@ -160,8 +167,9 @@ export interface SoakOptions {
   forwards?: boolean;
   memoryMiB?: number;
   log?: (line: string) => void;
-  /** How far below its baseline MemAvailable may end (default 256 MiB; the final wait uses it). */
+  /** How far below its baseline MemAvailable may end (default 256 MiB), and how long to wait for it at the end (default 30 s). */
   memToleranceMiB?: number;
+  memWaitMs?: number;
 }
 
 export interface SoakResult {
@@ -171,7 +179,7 @@ export interface SoakResult {
   /** Everything that looks leaked at the end, one line each; empty when nothing is. */
   leaks: string[];
   timedOut: boolean;
-  /** How long after the cleanup MemAvailable took to come back within the tolerance (or 30 s). */
+  /** How long after the cleanup MemAvailable took to come back within the tolerance (or memWaitMs). */
   memSettleMs: number;
   totalMs: number;
 }
@@ -214,7 +222,7 @@ export async function soak(engine: Engine, opts: SoakOptions): Promise<SoakResul
       const portsStillHeld: number[] = [];
       for (const p of ports) if (!(await portFree(p))) portsStillHeld.push(p);
       const res: RoundResult = {
-        round, children: r.children.length, failed: r.failed.map((x) => `${x.name}: ${x.error.message}`), forkMs, removeMs, duplicatePorts, peak, after, portsStillHeld,
+        round, children: r.children.length, failed: r.failed.map((x) => `${x.name}: ${causes(x.error)}`), forkMs, removeMs, duplicatePorts, peak, after, portsStillHeld,
         lingering: summary(lingering), settleMs,
       };
       rounds.push(res);
@@ -228,10 +236,10 @@ export async function soak(engine: Engine, opts: SoakOptions): Promise<SoakResul
     await engine.remove(names, { force: true }).catch((e) => log(`cleanup: ${(e as Error).message}`));
   }
   // Memory of killed processes comes back over seconds (measured: ~10 s after 20 children): wait
-  // for MemAvailable to return within the tolerance, at most 30 s, before judging.
+  // for MemAvailable to return within the tolerance, at most memWaitMs, before judging.
   const m0 = Date.now();
   const tolerance = opts.memToleranceMiB ?? 256;
-  while (availableMemoryMiB() < baseline.memAvailableMiB - tolerance && Date.now() - m0 < 30_000) await new Promise((r) => setTimeout(r, 500));
+  while (availableMemoryMiB() < baseline.memAvailableMiB - tolerance && Date.now() - m0 < (opts.memWaitMs ?? 30_000)) await new Promise((r) => setTimeout(r, 500));
   const memSettleMs = Date.now() - m0;
   const final = snapshot(engine);
   const leaks: string[] = [];
@@ -262,7 +270,10 @@ if (require.main === module) {
   const size = Number(process.argv[3] ?? process.env.FORKVM_SOAK_SIZE ?? 100);
   const deadlineMs = Number(process.env.FORKVM_SOAK_DEADLINE_S ?? 1800) * 1000;
   const engine = new Engine();
-  soak(engine, { rounds, size, deadlineMs, forwards: process.env.FORKVM_SOAK_FORWARDS !== "0", concurrency: Number(process.env.FORKVM_SOAK_CONCURRENCY ?? 4), log: (l) => console.log(l) })
+  soak(engine, {
+    rounds, size, deadlineMs, forwards: process.env.FORKVM_SOAK_FORWARDS !== "0", concurrency: Number(process.env.FORKVM_SOAK_CONCURRENCY ?? 4),
+    memWaitMs: Number(process.env.FORKVM_SOAK_MEM_WAIT_S ?? 180) * 1000, log: (l) => console.log(l),
+  })
     .then((r) => {
       if (process.env.FORKVM_SOAK_JSON) fs.writeFileSync(process.env.FORKVM_SOAK_JSON, JSON.stringify(r, null, 2) + "\n");
       for (const l of r.leaks) console.log(`LEAK: ${l}`);
