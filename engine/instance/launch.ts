@@ -2,7 +2,7 @@
 // what every verb (parent, template, fork, lifecycle) composes.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { ForkvmError } from "../errors";
+import { ForkvmError, messageOf } from "../errors";
 import { qemuArgv, vmPaths, type InstanceSpec, type MachineShape, type PortForward } from "../qemu/argv";
 import { isAlive, killQemu, spawnQemu, tail } from "../qemu/process";
 import { Qmp } from "../qemu/qmp";
@@ -59,8 +59,10 @@ export async function startInstance(shape: MachineShape, inst: InstanceSpec, dea
       const logFrom = sizeOf(p.log);
       const pid = await spawnQemu(inst.dir, qemuArgv(shape, inst), inst.limits);
       let qmp: Qmp | undefined;
+      let stage: "qemu" | "network" = "qemu";
       try {
         qmp = await Qmp.connect(p.qmp, deadlineMs, () => isAlive(pid, inst.token));
+        stage = "network";
         const netPid = shape.nic ? await attachNetwork(inst.dir, inst.egress ?? "none", forwards) : undefined;
         return { pid, qmp, forwards, netPid };
       } catch (err) {
@@ -73,6 +75,9 @@ export async function startInstance(shape: MachineShape, inst: InstanceSpec, dea
           throw new ForkvmError("CONFLICT", `Cannot start QEMU for ${path.basename(inst.dir)}: host port ${ports} is in use${attempt > 1 ? ` (after ${attempt} tries)` : ""}`, { cause: err, details: { conflicts, field: "forwards" } });
         }
         if (err instanceof ForkvmError && err.code === "HOST") throw err;
+        // QEMU was up and its network backend failed: that failure is the cause (QEMU's own last
+        // log line would only say it was terminated, by us, just now).
+        if (stage === "network") throw new ForkvmError(err instanceof ForkvmError ? err.code : "QEMU", `Cannot start the network of ${path.basename(inst.dir)}: ${messageOf(err)}`, { cause: err, details: err instanceof ForkvmError ? err.details : {} });
         throw qemuFailure(inst.dir, `start QEMU for ${path.basename(inst.dir)}`, err);
       }
     }

@@ -142,12 +142,18 @@ export async function startPasst(dir: string, forwards: NetForward[], deadlineMs
     if (conflicts.length) return new PortConflict(`Cannot forward 127.0.0.1:${conflicts.map((c) => c.host).join(", ")}: in use (${last.trim()})`, conflicts);
     return new ForkvmError("HOST", `Cannot start passt for ${dir}: ${last.trim()}`, { details: { log: text.slice(-4000) } });
   };
-  await pollUntil(() => {
-    if (exit) throw failure();
-    const ok = boundAll(pid, forwards);
-    if (ok === undefined) throw failure(); // gone before Node saw its exit
-    return ok ? true : undefined;
-  }, { what: `start passt for ${dir}`, deadlineMs, intervalMs: 2 });
+  try {
+    await pollUntil(() => {
+      if (exit) throw failure();
+      const ok = boundAll(pid, forwards);
+      if (ok === undefined) throw failure(); // gone before Node saw its exit
+      return ok ? true : undefined;
+    }, { what: `start passt for ${dir}`, deadlineMs, intervalMs: 2 });
+  } catch (err) {
+    // A passt that never got ready is not left behind (one that hung would outlive its VM).
+    try { process.kill(pid, "SIGKILL"); } catch { /* gone */ }
+    throw err;
+  }
   return pid;
 }
 
