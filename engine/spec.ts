@@ -56,7 +56,11 @@ export const PoolForward = z
 
 /** Metadata keys look like shell variables (the guest sources /etc/forkvm/metadata). */
 export const METADATA_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
-export const MetadataKey = z.string().regex(METADATA_KEY_RE, "must look like a shell variable: letters, digits and '_', not starting with a digit, at most 64 characters");
+export const MetadataKey = z
+  .string()
+  .regex(METADATA_KEY_RE, "must look like a shell variable: letters, digits and '_', not starting with a digit, at most 64 characters")
+  // A JSON object would drop it silently (it names the prototype), so the guest would never see it.
+  .refine((k) => k !== "__proto__", "must not be __proto__");
 export const Metadata = z.record(MetadataKey, z.string());
 
 /** Keys the engine sets on a pool's children; users cannot set keys with this prefix. */
@@ -102,7 +106,7 @@ export const HOST_SETTINGS_ENV: Record<keyof HostSettings, string> = {
 export const ParentArgs = z
   .object({
     name: Name.describe("The VM's name in the engine (and its hostname)."),
-    image: z.string().min(1).default("default").describe("A guest image built with `forkvm image build`."),
+    image: Name.default("default").describe("A guest image built with `forkvm image build` (a name: it names a directory of the image cache)."),
     kernel: z.string().min(1).optional().describe("Bring your own kernel instead of the image (with `initrd`)."),
     initrd: z.string().min(1).optional().describe("Bring your own initramfs instead of the image (with `kernel`)."),
     cmdline: z.string().optional().describe("Kernel command line; default: the image's."),
@@ -159,7 +163,7 @@ export const ForkArgs = z
     template: Name.describe("The template to fork from."),
     count: z.number().int("must be an integer").min(1, "must be at least 1").max(10_000, "must be at most 10000").default(1).describe("How many children (ignored with `names` or `children`)."),
     prefix: Name.optional().describe("Children are named <prefix>-<n> with the lowest free n; default: the template's name."),
-    names: z.array(Name).optional().describe("Exact names instead of prefix-numbering (count is then names.length)."),
+    names: z.array(Name).refine((a) => new Set(a).size === a.length, "must not name a child twice").optional().describe("Exact names instead of prefix-numbering (count is then names.length)."),
     hostnames: z.array(Hostname).optional().describe("Hostnames, one per name (default: the name)."),
     macs: z.array(Mac).optional().describe("MACs, one per name; default: random under macPrefix."),
     children: z.array(ChildSpec).min(1, "must name at least one child").optional().describe("Each child exactly: name, hostname, MAC, metadata, forwards."),
