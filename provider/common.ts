@@ -279,7 +279,8 @@ export function engineFor(props: Props, report: Reporter, opts: EngineForOptions
     progress: (p) => {
       if (!progress) return;
       const count = p.total ? ` ${p.done ?? 0}/${p.total}` : "";
-      report.status(`${p.step}${count}${p.message ? `: ${p.message}` : ""}`);
+      // A step without a counter is a milestone (booting, a roll batch): never coalesced away.
+      report.status(`${p.step}${count}${p.message ? `: ${p.message}` : ""}`, p.total === undefined);
     },
   });
 }

@@ -8,7 +8,12 @@ import { pathString } from "./util";
 
 export interface Reporter {
   /** A transient progress line (rate-limited). */
-  status(msg: string): void;
+  /**
+   * A transient progress line. Counters ("fork 3/20") are rate-limited: within STATUS_EVERY_MS
+   * only the latest is sent. A `milestone` (a step beginning: a boot, a roll batch) is sent at once,
+   * never coalesced away.
+   */
+  status(msg: string, milestone?: boolean): void;
   /** A lasting message. */
   info(msg: string): void;
   warn(msg: string): void;
@@ -107,10 +112,15 @@ export function reporter(
   };
 
   return {
-    status(msg) {
+    status(msg, milestone = false) {
+      if (milestone) {
+        // What was pending goes first, then the milestone, both now.
+        if (timer) { clearTimeout(timer); timer = undefined; }
+        flushStatus();
+      }
       pendingStatus = msg;
       const wait = lastStatus + STATUS_EVERY_MS - Date.now();
-      if (wait <= 0) flushStatus();
+      if (milestone || wait <= 0) flushStatus();
       else if (!timer) timer = setTimeout(flushStatus, wait);
     },
     // A lasting message goes after the progress line that preceded it, never before.
