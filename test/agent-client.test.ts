@@ -4,12 +4,12 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { AgentClient, createAgentFifos } from "../engine/guest/client";
 import { ForkvmError } from "../engine/errors";
 import { deadline } from "./helpers/deadline";
+import { fakeGuestChannel } from "./helpers/fake-guest";
 
 interface Request {
   id: string;
@@ -30,25 +30,12 @@ async function fifos(): Promise<{ base: string; dir: string }> {
 
 /** Plays QEMU + guest agent: every request line goes to `handler`. */
 function fakePeer(base: string, handler: Handler): { requests: Request[]; close: () => void; write: (s: string) => void } {
-  const { O_RDWR, O_NONBLOCK } = fs.constants;
-  const rx = new net.Socket({ fd: fs.openSync(`${base}.in`, O_RDWR | O_NONBLOCK), readable: true, writable: false });
-  const tx = new net.Socket({ fd: fs.openSync(`${base}.out`, O_RDWR | O_NONBLOCK), readable: false, writable: true });
   const requests: Request[] = [];
-  let buf = "";
-  rx.on("data", (d: Buffer) => {
-    buf += d.toString("latin1");
-    let nl;
-    while ((nl = buf.indexOf("\n")) >= 0) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      if (!line) continue;
-      const [id, op, ...args] = line.split(" ");
-      const req = { id: id!, op: op!, args };
-      requests.push(req);
-      handler(req, (l) => tx.write(l));
-    }
+  const ch = fakeGuestChannel(base, (req) => {
+    requests.push(req);
+    handler(req, (l) => ch.write(l));
   });
-  return { requests, write: (s) => tx.write(s), close: () => { rx.destroy(); tx.destroy(); } };
+  return { requests, write: (s) => ch.write(s), close: ch.close };
 }
 
 const pingHandler: Handler = (req, reply) => {

@@ -6,7 +6,6 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { AgentClient, createAgentFifos } from "../../engine/guest/client";
@@ -14,6 +13,7 @@ import { EXEC, IDENTITY, PING, parseReply, replyId, type AgentOp } from "../../e
 import { LineFramer } from "../../engine/util/line-framer";
 import { ForkvmError } from "../../engine/errors";
 import { deadline } from "../helpers/deadline";
+import { fakeGuestChannel } from "../helpers/fake-guest";
 
 const MiB = 1024 * 1024;
 const enc = (b: Buffer | string) => Buffer.from(b).toString("base64") || "-";
@@ -33,9 +33,6 @@ async function hostileGuest(guest: Guest) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "agent-hostile-"));
   const base = path.join(dir, "agent");
   await createAgentFifos(base);
-  const { O_RDWR, O_NONBLOCK } = fs.constants;
-  const rx = new net.Socket({ fd: fs.openSync(`${base}.in`, O_RDWR | O_NONBLOCK), readable: true, writable: false });
-  const tx = new net.Socket({ fd: fs.openSync(`${base}.out`, O_RDWR | O_NONBLOCK), readable: false, writable: true });
   const peer = {
     base,
     guest,
@@ -43,24 +40,14 @@ async function hostileGuest(guest: Guest) {
     /** What a real agent sends: a reply that starts and ends with a newline. */
     ok: (req: Req, fields = "pong 1") => `\n${req.id} ok${fields ? ` ${fields}` : ""}\n`,
     close: () => {
-      rx.destroy();
-      tx.destroy();
+      ch.close();
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
-  let buf = "";
-  rx.on("data", (d: Buffer) => {
-    buf += d.toString("latin1");
-    let nl;
-    while ((nl = buf.indexOf("\n")) >= 0) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      if (!line) continue;
-      const [id, op] = line.split(" ");
-      const req = { id: id!, op: op! };
-      peer.requests.push(req);
-      peer.guest(req, (data) => tx.write(data));
-    }
+  const ch = fakeGuestChannel(base, ({ id, op }) => {
+    const req = { id, op };
+    peer.requests.push(req);
+    peer.guest(req, (data) => ch.write(data));
   });
   return peer;
 }

@@ -11,13 +11,13 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as path from "node:path";
 import { AgentClient, createAgentFifos } from "../../engine/guest/client";
 import { EXEC, IDENTITY, PING, requestLine } from "../../engine/guest/protocol";
 import { ForkvmError } from "../../engine/errors";
 import { deadline } from "../helpers/deadline";
 import { fuzzSeed, jsonText, NASTY_NUMBERS, NASTY_STRINGS, prng, Rand, randomValue, scratch } from "../helpers/fuzz";
+import { fakeGuestChannel } from "../helpers/fake-guest";
 
 const seed = fuzzSeed("fuzz-agent");
 const r = new Rand(prng(seed));
@@ -36,37 +36,22 @@ type Req = { id: string; op: string };
 /** A guest on real FIFOs that answers each request with the plan the test queued for it. */
 async function fakeGuest(base: string) {
   await createAgentFifos(base);
-  const { O_RDWR, O_NONBLOCK } = fs.constants;
-  const rx = new net.Socket({ fd: fs.openSync(`${base}.in`, O_RDWR | O_NONBLOCK), readable: true, writable: false });
-  const tx = new net.Socket({ fd: fs.openSync(`${base}.out`, O_RDWR | O_NONBLOCK), readable: false, writable: true });
-  tx.on("error", () => undefined);
   let onRequest: (req: Req) => void = () => {};
-  let buf = "";
-  rx.on("data", (d: Buffer) => {
-    buf += d.toString("latin1");
-    let nl;
-    while ((nl = buf.indexOf("\n")) >= 0) {
-      const text = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      if (!text) continue;
-      const [id, op] = text.split(" ");
-      onRequest({ id: id!, op: op! });
-    }
-  });
+  const ch = fakeGuestChannel(base, ({ id, op }) => onRequest({ id, op }));
   /** Writes in random pieces, as virtio-serial delivers a guest's writes. */
   const send = (data: string) => {
     const b = Buffer.from(data, "latin1");
     const small = Math.max(8, Math.ceil(b.length / 64)); // tiny pieces, but at most ~64 of them
     for (let at = 0; at < b.length; ) {
       const n = 1 + r.int(r.chance(0.5) ? small : 32_768);
-      tx.write(b.subarray(at, at + n));
+      ch.write(b.subarray(at, at + n));
       at += n;
     }
   };
   return {
     send,
     set onRequest(f: (req: Req) => void) { onRequest = f; },
-    close: () => { rx.destroy(); tx.destroy(); },
+    close: ch.close,
   };
 }
 
