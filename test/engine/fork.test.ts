@@ -11,6 +11,7 @@ import { buildDefaultImage } from "../../engine/image";
 import { ForkvmError } from "../../engine/errors";
 import { isAlive } from "../../engine/qemu/process";
 import { deadline } from "../helpers/deadline";
+import { consoleEcho } from "../helpers/console";
 
 const engine = new Engine();
 const root = path.join(__dirname, "..", "..");
@@ -316,16 +317,7 @@ test("a QEMU failure carries QEMU's own words and leaves nothing behind", deadli
 }));
 
 test("the serial console of a child answers with a shell", deadline(30_000, async () => {
-  const sock = require("node:net").createConnection(path.join(engine.store.dir("vms", "c-3"), "console.sock"));
-  let seen = "";
-  sock.on("data", (d: Buffer) => (seen += d));
-  await new Promise((r) => sock.once("connect", r));
-  for (let i = 0; i < 50 && !seen.includes("console-ok-42"); i++) {
-    sock.write("echo console-ok-$((40+2))\n");
-    await new Promise((r) => setTimeout(r, 300));
-  }
-  sock.destroy();
-  assert.match(seen, /console-ok-42/);
+  assert.match(await consoleEcho(path.join(engine.store.dir("vms", "c-3"), "console.sock")), /console-ok-42/);
 }));
 
 test("bad input names the field", deadline(30_000, async () => {
