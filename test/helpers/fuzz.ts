@@ -223,6 +223,24 @@ export function scratch(prefix: string): string {
   return fs.mkdtempSync(path.join(process.env.FORKVM_TEST_HOME ?? os.tmpdir(), `${prefix}-`));
 }
 
+/**
+ * The layout the hostile suites share: a scratch dir with a canary tree around `<tmp>/x/a/b/home`
+ * and `<tmp>/x/a/b/mem` (`exclude` as plantCanary takes it); with `env`, FORKVM_HOME and
+ * FORKVM_MEMDIR point there.
+ */
+export function canaryWorld(tag: string, opts: { env?: boolean; exclude?: string[] } = {}): { tmp: string; x: string; home: string; memDir: string; canary: Canary } {
+  const tmp = scratch(tag);
+  const x = path.join(tmp, "x");
+  const home = path.join(x, "a", "b", "home");
+  const memDir = path.join(x, "a", "b", "mem");
+  if (opts.env) {
+    process.env.FORKVM_HOME = home;
+    process.env.FORKVM_MEMDIR = memDir;
+  }
+  const canary = plantCanary(x, home, opts.exclude?.map((e) => (e === "home" ? home : e === "mem" ? memDir : e)));
+  return { tmp, x, home, memDir, canary };
+}
+
 // ---------------------------------------------------------------------------------------------
 // A home with objects in it (no QEMU): what hostile calls must leave alone.
 

@@ -14,18 +14,12 @@ import * as parentVm from "../../provider/parent-vm";
 import * as template from "../../provider/template";
 import * as pool from "../../provider/instant-clone-pool";
 import { UNKNOWN } from "../../provider/common";
-import { copy, fuzzSeed, mutate, NASTY_STRINGS, plantCanary, prng, Rand, randomObject, randomValue, scratch, seedHome, setOwn } from "../helpers/fuzz";
+import { canaryWorld, copy, fuzzSeed, mutate, NASTY_STRINGS, prng, Rand, randomObject, randomValue, seedHome, setOwn } from "../helpers/fuzz";
 import { deadline } from "../helpers/deadline";
 
 const seed = fuzzSeed("fuzz-providers");
 const r = new Rand(prng(seed));
-const tmp = scratch("fuzz-providers");
-const x = path.join(tmp, "x");
-const home = path.join(x, "a", "b", "home");
-const memDir = path.join(x, "a", "b", "mem");
-process.env.FORKVM_HOME = home;
-process.env.FORKVM_MEMDIR = memDir;
-const canary = plantCanary(x, home);
+const { tmp, x, home, memDir, canary } = canaryWorld("fuzz-providers", { env: true });
 // Relative homes resolve from the cwd: make that a canary directory too.
 process.chdir(path.join(x, "a"));
 seedHome(new Store(home, memDir));

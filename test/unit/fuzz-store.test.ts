@@ -13,15 +13,11 @@ import { Engine } from "../../engine/engine";
 import { ForkvmError } from "../../engine/errors";
 import { KINDS, type Kind } from "../../engine/state/store";
 import { deadline } from "../helpers/deadline";
-import { copy, fuzzSeed, jsonText, mutate, plantCanary, prng, Rand, scratch, seedHome } from "../helpers/fuzz";
+import { canaryWorld, copy, fuzzSeed, jsonText, mutate, plantCanary, prng, Rand, scratch, seedHome } from "../helpers/fuzz";
 
 const seed = fuzzSeed("fuzz-store");
 const r = new Rand(prng(seed));
-const tmp = scratch("fuzz-store");
-const x = path.join(tmp, "x");
-const home = path.join(x, "a", "b", "home");
-const memDir = path.join(x, "a", "b", "mem");
-const canary = plantCanary(x, home, [home, memDir]);
+const { tmp, x, home, memDir, canary } = canaryWorld("fuzz-store", { exclude: ["home", "mem"] });
 // Relative paths in hostile manifests resolve from the cwd: a canary directory.
 fs.mkdirSync(path.join(x, "a", "b", "cwd"));
 process.chdir(path.join(x, "a", "b", "cwd"));

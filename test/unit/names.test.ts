@@ -14,16 +14,10 @@ import * as parentVm from "../../provider/parent-vm";
 import * as template from "../../provider/template";
 import * as pool from "../../provider/instant-clone-pool";
 import { deadline } from "../helpers/deadline";
-import { plantCanary, scratch, seedHome } from "../helpers/fuzz";
+import { canaryWorld, plantCanary, scratch, seedHome } from "../helpers/fuzz";
 
 const root = path.join(__dirname, "..", "..");
-const tmp = scratch("names");
-const x = path.join(tmp, "x");
-const home = path.join(x, "a", "b", "home");
-const memDir = path.join(x, "a", "b", "mem");
-process.env.FORKVM_HOME = home;
-process.env.FORKVM_MEMDIR = memDir;
-const canary = plantCanary(x, home);
+const { tmp, home, memDir, canary } = canaryWorld("names", { env: true });
 const engine = new Engine();
 
 /** What must be refused; each is also tried as every other name-like field. */
